@@ -1,0 +1,186 @@
+"""Validation of an experiment's ConfigDict: every field is checked before anything compiles.
+
+Errors are one line naming the field, the bad value and what is allowed, e.g.
+``config.mixer='foo' is not allowed; allowed: 'mixup', 'bernoulli', ...``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+import ml_collections
+
+from amr_jax import data as data_lib
+from amr_jax import losses
+from amr_jax import mixers
+from amr_jax import networks
+
+MODELS = ("amr", "ae_gan")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field with the authors' defaults (reference.md); configs override what they change."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Method: 'amr' mixes codes with `mixer` over `k` sources; 'ae_gan' is the no-mixing baseline.
+  config.model = "amr"
+  config.mixer = "mixup"
+  config.k = 2
+  config.lamb = 10.0  # weight of the reconstruction loss
+  config.beta = 0.0  # weight of the consistency loss recon(enc(dec(mix)), mix); 0 turns it off
+  config.g_every = 5  # the generator steps once every g_every iterations (authors: 5)
+  config.recon_loss = "l1"
+  config.consistency_loss = "l1"
+  config.gan_loss = "bce"
+
+  config.batch_size = 64  # global batch, split over all devices of all hosts
+  config.num_train_steps = 100_000
+  config.log_every = 100
+  config.eval_every = 2_000
+  config.checkpoint_every = 2_000
+  config.eval_batch_size = 500
+  config.num_pictures = 8  # examples per picture grid
+
+  config.arch = ml_collections.ConfigDict()
+  config.arch.name = "acai32"
+  config.arch.width = 16
+  config.arch.latent_channels = 2  # 4x4xC bottleneck: 2 -> dim 32, 16 -> 256, 64 -> 1024
+  config.arch.latent_dim = 10  # dsprites64 only
+  config.arch.instance_norm = True
+  config.arch.leaky_slope = 0.01
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 1e-4
+  config.optim.b1 = 0.5
+  config.optim.b2 = 0.99
+  config.optim.weight_decay = 1e-5  # L2 added to the gradient, PyTorch-style (not decoupled)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "mnist"
+  config.data.manual_dir = ""  # folder with the dataset's original files, to build it offline
+  config.data.data_dir = ""  # TFDS data_dir ('' = TFDS default)
+  config.data.image_size = 32
+  config.data.num_valid = -1  # -1 = the dataset's default validation size
+  config.data.num_train = -1  # -1 = all; else cap the training set (SVHN 1k/5k/... ablation)
+  return config
+
+
+class ConfigError(ValueError):
+  """A config field holds a value that is not allowed."""
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+  raise ConfigError(f"config.{field}={value!r} is not allowed; allowed: {allowed}")
+
+
+def _one_of(config: ml_collections.ConfigDict, field: str, allowed: Iterable[str]) -> None:
+  allowed = tuple(allowed)
+  value = _get(config, field)
+  if value not in allowed:
+    _fail(field, value, ", ".join(repr(a) for a in allowed))
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  value = config
+  for part in field.split("."):
+    if part not in value:
+      raise ConfigError(f"config.{field} is missing; every config needs it (see "
+                        f"experiments/configs/default.py)")
+    value = value[part]
+  return value
+
+
+def _number(config, field: str, *, minimum: float, integer: bool = False,
+            strict: bool = False) -> None:
+  value = _get(config, field)
+  kind = int if integer else (int, float)
+  ok = isinstance(value, kind) and not isinstance(value, bool)
+  if ok:
+    ok = value > minimum if strict else value >= minimum
+  if not ok:
+    what = "an integer" if integer else "a number"
+    _fail(field, value, f"{what} {'>' if strict else '>='} {minimum}")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
+             check_data: bool = True) -> None:
+  """Checks every field of ``config``; raises ConfigError on the first bad one.
+
+  Args:
+    config: the experiment config.
+    num_devices: devices the batch is sharded over (default: all of ``jax.devices()``).
+    check_data: also check that the dataset is available offline (cheap, loads nothing).
+  """
+  _one_of(config, "model", MODELS)
+  _one_of(config, "mixer", mixers.names())
+  _number(config, "k", minimum=2, integer=True)
+  _number(config, "lamb", minimum=0)
+  _number(config, "beta", minimum=0)
+  _number(config, "g_every", minimum=1, integer=True)
+  _one_of(config, "recon_loss", losses.RECONSTRUCTION)
+  _one_of(config, "consistency_loss", ("l1", "l2"))
+  _one_of(config, "gan_loss", losses.GAN)
+  _number(config, "seed", minimum=0, integer=True)
+  _number(config, "batch_size", minimum=1, integer=True)
+  _number(config, "num_train_steps", minimum=1, integer=True)
+  for field in ("log_every", "eval_every", "checkpoint_every"):
+    _number(config, field, minimum=1, integer=True)
+  _number(config, "num_pictures", minimum=2, integer=True)
+  _number(config, "eval_batch_size", minimum=1, integer=True)
+
+  _one_of(config, "arch.name", networks.ARCHITECTURES)
+  _number(config, "arch.width", minimum=1, integer=True)
+  _number(config, "arch.latent_channels", minimum=1, integer=True)
+  _number(config, "arch.latent_dim", minimum=1, integer=True)
+  _number(config, "arch.leaky_slope", minimum=0)
+  if not isinstance(_get(config, "arch.instance_norm"), bool):
+    _fail("arch.instance_norm", config.arch.instance_norm, "True or False")
+
+  for field in ("optim.lr", "optim.weight_decay"):
+    _number(config, field, minimum=0)
+  for field in ("optim.b1", "optim.b2"):
+    _number(config, field, minimum=0)
+    if not _get(config, field) < 1:
+      _fail(field, _get(config, field), "a number in [0, 1)")
+
+  _one_of(config, "data.name", data_lib.DATASETS)
+  expected_size = networks.IMAGE_SIZE[config.arch.name]
+  if _get(config, "data.image_size") != expected_size:
+    _fail("data.image_size", config.data.image_size,
+          f"{expected_size} (the input size of arch.name={config.arch.name!r})")
+  _number(config, "data.num_valid", minimum=-1, integer=True)
+  _number(config, "data.num_train", minimum=-1, integer=True)
+
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  for field in ("batch_size", "eval_batch_size"):
+    if _get(config, field) % num_devices:
+      _fail(field, _get(config, field),
+            f"a multiple of the number of devices ({num_devices}), since the batch is "
+            f"split evenly across them")
+  if check_data:
+    try:
+      data_lib.check_available(config.data.name, manual_dir=config.data.manual_dir,
+                               data_dir=config.data.data_dir)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
+
+# Fields that change the shapes of the parameters: a workdir's checkpoints only fit a config that
+# agrees with the saved one on all of them.
+SHAPE_FIELDS = ("model", "arch.name", "arch.width", "arch.latent_channels", "arch.latent_dim",
+                "arch.instance_norm", "data.name", "data.image_size")
+
+
+def shape_mismatches(saved: ml_collections.ConfigDict,
+                     config: ml_collections.ConfigDict) -> list[str]:
+  """Fields in SHAPE_FIELDS whose values differ between ``saved`` and ``config``."""
+  out = []
+  for field in SHAPE_FIELDS:
+    try:
+      a, b = _get(saved, field), _get(config, field)
+    except ConfigError:
+      continue
+    if a != b:
+      out.append(f"config.{field}: saved {a!r}, now {b!r}")
+  return out

@@ -1,0 +1,74 @@
+"""Image helpers for the input pipeline: scaling to [-1, 1] and batched bilinear resizing.
+
+Pure numpy, so loading a dataset never compiles anything. :func:`resize_bilinear` computes the
+same linear map as ``jax.image.resize(..., method="bilinear")`` (half-pixel centres, triangle
+kernel, widened to anti-alias when shrinking), as two small matrix products per batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+__all__ = ["uint8_to_unit_range", "resize_bilinear"]
+
+
+def uint8_to_unit_range(images: np.ndarray) -> np.ndarray:
+  """Maps pixel values 0..255 to float32 in [-1, 1] (``x / 127.5 - 1``); any shape."""
+  return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _weight_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """Returns the (out_size, in_size) bilinear interpolation matrix, rows summing to 1.
+
+  Mirrors ``jax._src.image.scale.compute_weight_mat`` for the triangle kernel with
+  ``antialias=True`` and no translation.
+  """
+  scale = out_size / in_size
+  inv_scale = 1.0 / scale
+  # Upsampling only interpolates; downsampling widens the kernel to low-pass filter first.
+  kernel_scale = max(inv_scale, 1.0)
+  # Position of each output pixel's centre in input pixel coordinates.
+  sample = (np.arange(out_size, dtype=np.float64) + 0.5) * inv_scale - 0.5
+  dist = np.abs(sample[:, None] - np.arange(in_size, dtype=np.float64)[None, :]) / kernel_scale
+  weights = np.maximum(0.0, 1.0 - dist)
+  # Renormalise: near the border part of the kernel falls outside the image (same as
+  # clamping to the edge pixel when upsampling).
+  weights /= weights.sum(axis=1, keepdims=True)
+  weights = weights.astype(np.float32)
+  weights.flags.writeable = False  # Shared through the cache.
+  return weights
+
+
+def resize_bilinear(images: np.ndarray, size: int, *, chunk: int = 8192) -> np.ndarray:
+  """Resizes a batch of images to ``size x size`` with bilinear interpolation.
+
+  Args:
+    images: (N, H, W, C) array of any real dtype (uint8 is cast a chunk at a time, so a whole
+      float copy of the input never exists).
+    size: output height and width.
+    chunk: examples processed at once, to bound the temporary memory.
+
+  Returns:
+    (N, size, size, C) float32. Each output pixel is a convex combination of input pixels, so
+    the value range is preserved (up to float rounding) and resizing commutes with an affine
+    rescaling of the values.
+  """
+  if images.ndim != 4:
+    raise ValueError(f"images must have shape (N, H, W, C); got shape {images.shape}")
+  if size <= 0:
+    raise ValueError(f"size must be positive; got {size}")
+  n, h, w, c = images.shape
+  if (h, w) == (size, size):
+    return images.astype(np.float32)
+  rows = _weight_matrix(h, size)  # (size, H)
+  cols = _weight_matrix(w, size)  # (size, W)
+  out = np.empty((n, size, size, c), dtype=np.float32)
+  for start in range(0, n, chunk):
+    x = images[start:start + chunk].astype(np.float32)
+    # Separable: interpolate along H, then along W; einsum keeps NHWC without transposes.
+    x = np.einsum("oh,nhwc->nowc", rows, x, optimize=True)
+    out[start:start + chunk] = np.einsum("pw,nowc->nopc", cols, x, optimize=True)
+  return out

@@ -1,0 +1,56 @@
+"""Command line: ``python -m amr_jax.main --config=experiments/configs/mnist.py --workdir=DIR``.
+
+Any field can be overridden with ``--config.FIELD=VALUE`` (e.g. ``--config.mixer=bernoulli``).
+This file is intentionally short: the work happens in ``amr_jax.train``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and pictures go.")
+flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/amr_jax/xla"),
+                    "Persistent XLA compilation cache ('' turns it off).")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-host runs "
+                    "('auto' on TPU pods / SLURM); also JAX_COORDINATOR_ADDRESS.")
+flags.DEFINE_integer("num_processes", 0, "Processes in a multi-host run (JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", -1, "This process's index (JAX_PROCESS_ID).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from amr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from amr_jax import train  # pylint: disable=g-import-not-at-top
+
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and jax log a lot at INFO
+  if FLAGS.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  try:
+    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (config_lib.ConfigError, train.NonFiniteLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() == 0:
+    logging.info("done: %s", summary)
+    print(f"done: step {summary['step']}, best valid probe acc "
+          f"{summary['best_valid_probe_acc']:.4f} (step {summary['best_step']}), test probe acc "
+          f"there {summary['test_probe_acc_at_best']:.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,336 @@
+"""Encoders, decoders, discriminators and the linear probe of AMR, in Flax Linen.
+
+Two families, chosen by name (see :func:`build`):
+
+- ``"acai32"``: 32x32 images; the ACAI architecture as ported by the AMR authors (affine instance
+  norm in G, LeakyReLU 0.01). The code ``h`` is a feature map ``(B, 4, 4, latent_channels)``.
+- ``"dsprites64"``: 64x64 dSprites; strided convs + an MLP. The code is a vector
+  ``(B, latent_dim)``.
+
+All images are NHWC in [-1, 1]; decoders are linear at the output (no tanh), as in the authors'
+code. Discriminators return one logit per image, shape ``(B,)``, and are spectrally normalised:
+their power-iteration state lives in the :data:`SPECTRAL` collection, so call them as
+``D.apply(vars, x, update_stats=True, mutable=[SPECTRAL])`` when training and
+``D.apply(vars, x, update_stats=False)`` otherwise. Never pass ``mutable=True``: Flax's
+``SpectralNorm`` then also hands back a ``params`` collection holding the *normalised* weights.
+
+Every module has ``dtype`` (computation dtype; ``None`` = float32) and ``param_dtype`` (float32)
+so that bfloat16 compute can be switched on without touching parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+__all__ = [
+    "SPECTRAL",
+    "ARCHITECTURES",
+    "IMAGE_SIZE",
+    "Encoder32",
+    "Decoder32",
+    "Discriminator32",
+    "Encoder64",
+    "Decoder64",
+    "Discriminator64",
+    "Probe",
+    "Networks",
+    "build",
+    "latent_shape",
+]
+
+SPECTRAL = "spectral"
+"""Name of the Flax variable collection holding spectral-norm state (``u`` and ``sigma``)."""
+
+ARCHITECTURES = ("acai32", "dsprites64")
+IMAGE_SIZE = {"acai32": 32, "dsprites64": 64}
+
+# PyTorch's InstanceNorm2d default; Flax's default is 1e-6.
+_NORM_EPS = 1e-5
+
+
+def _check_images(x: jax.Array, name: str) -> None:
+  if x.ndim != 4:
+    raise ValueError(f"{name} expects NHWC images (B, H, W, C); got shape {x.shape}")
+
+
+def _upsample2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x upsampling, (B, H, W, C) -> (B, 2H, 2W, C)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _spectral(layer: nn.Module, param_dtype: Dtype) -> nn.SpectralNorm:
+  # The power iteration runs in param_dtype (float32) on the float32 kernel; the wrapped layer
+  # then casts to its own compute dtype, so bfloat16 compute does not degrade the estimate.
+  return nn.SpectralNorm(layer, collection_name=SPECTRAL, param_dtype=param_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# 32x32: ACAI architecture
+
+
+class _ConvBlock32(nn.Module):
+  """3x3 conv, optional affine instance norm, LeakyReLU. (B, H, W, C) -> (B, H, W, features)."""
+  features: int
+  instance_norm: bool
+  leaky_slope: float
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype,
+                param_dtype=self.param_dtype)(x)
+    if self.instance_norm:
+      x = nn.InstanceNorm(epsilon=_NORM_EPS, use_scale=True, use_bias=True, dtype=self.dtype,
+                          param_dtype=self.param_dtype)(x)
+    return nn.leaky_relu(x, self.leaky_slope)
+
+
+class Encoder32(nn.Module):
+  """ACAI encoder. (B, 32, 32, C_img) -> (B, 4, 4, latent_channels).
+
+  1x1 conv to ``width`` (linear); for each scale s: two [3x3 conv to width*2**s, norm, LeakyReLU]
+  then 2x2 average pool; a 3x3 conv block to width*2**scales; a linear 3x3 conv to the code.
+  """
+  width: int = 16
+  latent_channels: int = 2
+  instance_norm: bool = True
+  leaky_slope: float = 0.01
+  scales: int = 3
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _check_images(x, "Encoder32")
+    block = lambda f: _ConvBlock32(f, self.instance_norm, self.leaky_slope, self.dtype,
+                                   self.param_dtype)
+    # SAME padding: the authors' padding=1 on this 1x1 conv grew 32 to 34 pixels (a bug).
+    x = nn.Conv(self.width, (1, 1), padding="SAME", dtype=self.dtype,
+                param_dtype=self.param_dtype)(x)
+    for s in range(self.scales):
+      x = block(self.width * 2**s)(x)
+      x = block(self.width * 2**s)(x)
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = block(self.width * 2**self.scales)(x)
+    return nn.Conv(self.latent_channels, (3, 3), padding="SAME", dtype=self.dtype,
+                   param_dtype=self.param_dtype)(x)
+
+
+class Decoder32(nn.Module):
+  """ACAI decoder, the encoder's mirror. (B, 4, 4, C) -> (B, 32, 32, image_channels), linear."""
+  width: int = 16
+  image_channels: int = 1
+  instance_norm: bool = True
+  leaky_slope: float = 0.01
+  scales: int = 3
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:
+    _check_images(h, "Decoder32")
+    block = lambda f: _ConvBlock32(f, self.instance_norm, self.leaky_slope, self.dtype,
+                                   self.param_dtype)
+    x = h
+    for s in reversed(range(self.scales)):
+      x = block(self.width * 2**s)(x)
+      x = block(self.width * 2**s)(x)
+      x = _upsample2x(x)
+    x = block(self.width)(x)
+    return nn.Conv(self.image_channels, (3, 3), padding="SAME", dtype=self.dtype,
+                   param_dtype=self.param_dtype)(x)
+
+
+class Discriminator32(nn.Module):
+  """Encoder32's shape without norm, every conv spectrally normalised. (B, 32, 32, C) -> (B,).
+
+  The logit is the mean of the last conv's (B, 4, 4, latent_channels) output per image.
+  """
+  width: int = 16
+  latent_channels: int = 2
+  leaky_slope: float = 0.01
+  scales: int = 3
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
+    _check_images(x, "Discriminator32")
+
+    def conv(features: int, size: int, h: jax.Array) -> jax.Array:
+      layer = nn.Conv(features, (size, size), padding="SAME", dtype=self.dtype,
+                      param_dtype=self.param_dtype)
+      return _spectral(layer, self.param_dtype)(h, update_stats=update_stats)
+
+    x = conv(self.width, 1, x)
+    for s in range(self.scales):
+      x = nn.leaky_relu(conv(self.width * 2**s, 3, x), self.leaky_slope)
+      x = nn.leaky_relu(conv(self.width * 2**s, 3, x), self.leaky_slope)
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = nn.leaky_relu(conv(self.width * 2**self.scales, 3, x), self.leaky_slope)
+    x = conv(self.latent_channels, 3, x)
+    # Reduce in float32: the logit feeds a BCE loss, and bf16 sums lose precision.
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# 64x64: dSprites
+
+
+class Encoder64(nn.Module):
+  """dSprites encoder. (B, 64, 64, C_img) -> (B, latent_dim).
+
+  4x [4x4 conv stride 2, ``channels``, ReLU] (64 -> 4), flatten, Dense ``hidden`` ReLU x2,
+  linear Dense to ``latent_dim``.
+  """
+  latent_dim: int = 10
+  channels: int = 32
+  hidden: int = 256
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _check_images(x, "Encoder64")
+    for _ in range(4):
+      x = nn.relu(nn.Conv(self.channels, (4, 4), strides=(2, 2), padding="SAME",
+                          dtype=self.dtype, param_dtype=self.param_dtype)(x))
+    x = x.reshape((x.shape[0], -1))
+    for _ in range(2):
+      x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype)(x))
+    return nn.Dense(self.latent_dim, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+class Decoder64(nn.Module):
+  """dSprites decoder, the encoder's mirror. (B, latent_dim) -> (B, 64, 64, image_channels)."""
+  image_channels: int = 1
+  channels: int = 32
+  hidden: int = 256
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:
+    if h.ndim != 2:
+      raise ValueError(f"Decoder64 expects flat codes (B, latent_dim); got shape {h.shape}")
+    x = h
+    for _ in range(2):
+      x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype)(x))
+    x = nn.relu(nn.Dense(4 * 4 * self.channels, dtype=self.dtype,
+                         param_dtype=self.param_dtype)(x))
+    x = x.reshape((x.shape[0], 4, 4, self.channels))
+    # SAME padding with stride 2 doubles the spatial size exactly: 4 -> 8 -> 16 -> 32 -> 64.
+    for _ in range(3):
+      x = nn.relu(nn.ConvTranspose(self.channels, (4, 4), strides=(2, 2), padding="SAME",
+                                   dtype=self.dtype, param_dtype=self.param_dtype)(x))
+    return nn.ConvTranspose(self.image_channels, (4, 4), strides=(2, 2), padding="SAME",
+                            dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+class Discriminator64(nn.Module):
+  """dSprites discriminator: Encoder64's convs + Dense hidden, hidden, 1, all spectrally
+  normalised, ReLU like the encoder. (B, 64, 64, C) -> (B,) logits."""
+  channels: int = 32
+  hidden: int = 256
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
+    _check_images(x, "Discriminator64")
+    sn = lambda layer, h: _spectral(layer, self.param_dtype)(h, update_stats=update_stats)
+    for _ in range(4):
+      x = nn.relu(sn(nn.Conv(self.channels, (4, 4), strides=(2, 2), padding="SAME",
+                             dtype=self.dtype, param_dtype=self.param_dtype), x))
+    x = x.reshape((x.shape[0], -1))
+    for _ in range(2):
+      x = nn.relu(sn(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype), x))
+    x = sn(nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype), x)
+    return x[:, 0].astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Probe, presets
+
+
+class Probe(nn.Module):
+  """Linear classifier on a flattened code. (B, ...) -> (B, num_classes) logits.
+
+  It does not stop gradients itself: the train step applies ``stop_gradient`` to ``h``.
+  """
+  num_classes: int
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:
+    h = h.reshape((h.shape[0], -1))
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(h)
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The four (unbound) modules of one AMR model."""
+  encoder: nn.Module
+  decoder: nn.Module
+  discriminator: nn.Module
+  probe: nn.Module
+
+
+def _check_arch(arch: str) -> None:
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
+          latent_channels: int = 2, latent_dim: int = 10, instance_norm: bool = True,
+          leaky_slope: float = 0.01, dtype: Dtype | None = None) -> Networks:
+  """The networks of a named architecture.
+
+  ``acai32`` uses ``width``, ``latent_channels``, ``instance_norm`` and ``leaky_slope``
+  (``latent_dim`` is ignored); ``dsprites64`` uses ``latent_dim`` (the others are ignored).
+  ``dtype`` is the computation dtype of every module (``None`` = float32).
+  """
+  _check_arch(arch)
+  if arch == "acai32":
+    return Networks(
+        encoder=Encoder32(width=width, latent_channels=latent_channels,
+                          instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype),
+        decoder=Decoder32(width=width, image_channels=image_channels,
+                          instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype),
+        # The critic has no norm, as in the authors' code.
+        discriminator=Discriminator32(width=width, latent_channels=latent_channels,
+                                      leaky_slope=leaky_slope, dtype=dtype),
+        probe=Probe(num_classes, dtype=dtype),
+    )
+  return Networks(
+      encoder=Encoder64(latent_dim=latent_dim, dtype=dtype),
+      decoder=Decoder64(image_channels=image_channels, dtype=dtype),
+      discriminator=Discriminator64(dtype=dtype),
+      probe=Probe(num_classes, dtype=dtype),
+  )
+
+
+def latent_shape(arch: str, *, image_channels: int | None = None, num_classes: int | None = None,
+                 width: int = 16, latent_channels: int = 2, latent_dim: int = 10,
+                 instance_norm: bool = True, leaky_slope: float = 0.01,
+                 dtype: Dtype | None = None) -> tuple[int, ...]:
+  """The code shape without the batch axis, e.g. ``(4, 4, 2)`` or ``(10,)``.
+
+  Takes the same keyword arguments as :func:`build` (so one kwargs dict serves both); only
+  ``latent_channels`` (acai32) or ``latent_dim`` (dsprites64) matter.
+  """
+  del image_channels, num_classes, width, instance_norm, leaky_slope, dtype  # no effect on shape
+  _check_arch(arch)
+  if arch == "acai32":
+    side = IMAGE_SIZE[arch] // 2**3  # build() always uses 3 scales
+    return (side, side, latent_channels)
+  return (latent_dim,)

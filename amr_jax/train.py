@@ -1,0 +1,209 @@
+"""``train_and_evaluate(config, workdir)``: the one training loop.
+
+It validates the config, loads the data, builds the networks and the jitted step, resumes from
+the newest good checkpoint, and then trains, logging metrics, evaluating the probe, saving
+pictures and checkpoints. Only process 0 writes logs and pictures; every process checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from amr_jax import checkpointing
+from amr_jax import config as config_lib
+from amr_jax import data as data_lib
+from amr_jax import evaluation
+from amr_jax import networks as networks_lib
+from amr_jax import parallel
+from amr_jax import train_state as train_state_lib
+from amr_jax import train_step as train_step_lib
+from amr_jax import visualize
+from amr_jax.metrics_writer import MetricsWriter
+
+# Streams of randomness, each derived from the seed; a step's key is fold_in(stream, step).
+_INIT, _TRAIN, _PICTURES = 0, 1, 2
+
+
+class NonFiniteLossError(RuntimeError):
+  """A loss became NaN or Inf; the run stopped without checkpointing the bad state."""
+
+
+def build_networks(config: ml_collections.ConfigDict, dataset: data_lib.Dataset
+                   ) -> networks_lib.Networks:
+  return networks_lib.build(
+      config.arch.name, image_channels=dataset.image_channels, num_classes=dataset.num_classes,
+      width=config.arch.width, latent_channels=config.arch.latent_channels,
+      latent_dim=config.arch.latent_dim, instance_norm=config.arch.instance_norm,
+      leaky_slope=config.arch.leaky_slope)
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir whose saved config has different parameter shapes (nothing is written)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = ml_collections.ConfigDict(json.load(f))
+  mismatches = config_lib.shape_mismatches(saved, config)
+  if mismatches:
+    raise config_lib.ConfigError(
+        f"workdir {workdir!r} holds a run whose config differs in fields that change the "
+        f"model's shapes ({'; '.join(mismatches)}); use another --workdir or the saved values")
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks at step boundaries (save, then exit cleanly)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _first_non_finite(history: list[tuple[int, dict[str, np.ndarray]]]) -> str | None:
+  for step, metrics in history:
+    for name, value in metrics.items():
+      if not np.all(np.isfinite(value)):
+        return f"step {step}: {name}={float(value)}"
+  return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates AMR as configured; resumes from ``workdir`` if it holds a run.
+
+  Returns the final summary: last step, best validation probe accuracy and the test accuracy
+  at that point.
+  """
+  config_lib.validate(config)
+  check_workdir(config, workdir)
+  is_main = jax.process_index() == 0
+
+  dataset = data_lib.load(
+      config.data.name, seed=config.seed, image_size=config.data.image_size,
+      manual_dir=config.data.manual_dir, data_dir=config.data.data_dir,
+      num_valid=config.data.num_valid, num_train=config.data.num_train)
+  nets = build_networks(config, dataset)
+  optimizer = train_state_lib.make_optimizer(config.optim)
+  mesh = parallel.make_mesh()
+  rng = jax.random.key(config.seed)
+  image_shape = dataset.train.images.shape[1:]
+
+  init = jax.jit(lambda key: train_state_lib.create(nets, optimizer, key, image_shape),
+                 out_shardings=parallel.replicated(mesh))
+  state = init(jax.random.fold_in(rng, _INIT))
+  train_step = parallel.jit_data_parallel(
+      train_step_lib.make_train_step(config, nets, optimizer), mesh,
+      batch_args=(1,), num_args=3, donate_state=True)
+  count_correct = evaluation.make_correct_count(train_step_lib.make_probe_logits(nets), mesh)
+  pictures_fn = jax.jit(lambda s, x, key: train_step_lib.generated_images(config, nets, s, x, key),
+                        out_shardings=parallel.replicated(mesh))
+
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  meta = {"best_valid_probe_acc": -1.0, "test_probe_acc_at_best": -1.0, "best_step": -1}
+  restored = checkpointer.restore_latest(state)
+  start_step = 0
+  if restored is not None:
+    start_step, state, meta = restored
+    if is_main:
+      print(f"resuming from the checkpoint at step {start_step} in {workdir}", flush=True)
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step)
+
+  train = dataset.train
+  rows = parallel.local_rows(config.batch_size)
+  train_key = jax.random.fold_in(rng, _TRAIN)
+  pictures_x = jnp.asarray(dataset.valid.images[:config.num_pictures])
+
+  def local_batch(step: int) -> dict[str, np.ndarray]:
+    idx = data_lib.batch_indices(config.seed, step, len(train.labels), config.batch_size)[rows]
+    return {"image": train.images[idx], "label": train.labels[idx]}
+
+  def evaluate(step: int) -> dict[str, float]:
+    valid_acc = evaluation.probe_accuracy(count_correct, state, mesh, dataset.valid.images,
+                                          dataset.valid.labels, config.eval_batch_size)
+    test_acc = evaluation.probe_accuracy(count_correct, state, mesh, dataset.test.images,
+                                         dataset.test.labels, config.eval_batch_size)
+    if valid_acc > meta["best_valid_probe_acc"]:
+      meta.update(best_valid_probe_acc=valid_acc, test_probe_acc_at_best=test_acc, best_step=step)
+    if is_main:
+      pictures = parallel.to_host(pictures_fn(state, pictures_x, jax.random.fold_in(rng, _PICTURES)))
+      visualize.save_pictures(os.path.join(workdir, "images"), step, pictures)
+    return {"valid_probe_acc": valid_acc, "test_probe_acc": test_acc, **meta}
+
+  # Metrics stay on device and are fetched in groups, so the host never waits on every step.
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  stop_reason = None
+  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step, disable=not is_main,
+                       dynamic_ncols=True, desc="train")
+  last_time, last_step = time.time(), start_step
+  with _Preemption() as preemption:
+    step = start_step
+    while step < config.num_train_steps:
+      batch = parallel.global_batch(mesh, local_batch(step))
+      state, metrics = train_step(state, batch, jax.random.fold_in(train_key, step))
+      pending.append((step + 1, metrics))
+      step += 1
+      progress.update(1)
+
+      is_last = step == config.num_train_steps
+      checkpoint_now = step % config.checkpoint_every == 0 or is_last or preemption.requested
+      eval_now = step % config.eval_every == 0 or is_last
+      if step % config.log_every == 0 or checkpoint_now or eval_now:
+        history = [(s, parallel.to_host(m)) for s, m in pending]
+        pending.clear()
+        bad = _first_non_finite(history)
+        if bad is not None:
+          stop_reason = bad
+          break
+        record = {name: float(np.mean([m[name] for _, m in history])) for name in history[-1][1]}
+        now = time.time()
+        record["steps_per_s"] = (step - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, step
+        if eval_now:
+          record.update(evaluate(step))
+        writer.write(step, record)
+        progress.set_postfix({k: f"{record[k]:.3g}" for k in
+                              ("d_loss", "g_loss", "recon", "probe_acc") if k in record})
+      if checkpoint_now:
+        checkpointer.save(step, state, meta)
+      if preemption.requested:
+        if is_main:
+          print(f"SIGTERM: saved the checkpoint at step {step}; exiting", flush=True)
+        break
+  progress.close()
+  checkpointer.close()
+  writer.close()
+  if stop_reason is not None:
+    kept = checkpointer.all_steps()
+    raise NonFiniteLossError(
+        f"non-finite loss at {stop_reason}; stopped without saving this state; the last good "
+        f"checkpoint is step {kept[-1] if kept else 'none'}")
+  return {"step": step, **meta}

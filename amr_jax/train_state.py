@@ -1,0 +1,69 @@
+"""The train state: one pytree with every parameter, optimiser state and spectral-norm state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from amr_jax import networks as networks_lib
+
+Params = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training. The step's random key is derived from ``step``
+  (``fold_in``), so no RNG state needs to be saved."""
+  step: jax.Array  # int32 scalar: number of train steps taken
+  generator: Params  # {'encoder': ..., 'decoder': ...}: "G"
+  discriminator: Params
+  spectral: Any  # D's power-iteration state (the 'spectral' collection)
+  probe: Params
+  generator_opt: optax.OptState
+  discriminator_opt: optax.OptState
+  probe_opt: optax.OptState
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with L2 weight decay added to the gradient before the moments (as PyTorch's Adam
+  ``weight_decay`` does; the authors' setting), for G, D and the probe alike."""
+  return optax.chain(
+      optax.add_decayed_weights(optim.weight_decay),
+      optax.scale_by_adam(b1=optim.b1, b2=optim.b2),
+      optax.scale(-optim.lr),
+  )
+
+
+def create(nets: networks_lib.Networks, optimizer: optax.GradientTransformation,
+           key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+  """Initialises a TrainState. Pure: jit it (or vmap it over keys) as needed.
+
+  Args:
+    nets: the networks.
+    optimizer: one optax transformation used for G, D and the probe.
+    key: random key for the initial parameters.
+    image_shape: ``(H, W, C)`` of one image.
+  """
+  key_enc, key_dec, key_disc, key_probe = jax.random.split(key, 4)
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  encoder = nets.encoder.init(key_enc, x)["params"]
+  h = nets.encoder.apply({"params": encoder}, x)
+  decoder = nets.decoder.init(key_dec, h)["params"]
+  disc_vars = nets.discriminator.init(key_disc, x, update_stats=False)
+  probe = nets.probe.init(key_probe, h)["params"]
+  generator = {"encoder": encoder, "decoder": decoder}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      generator=generator,
+      discriminator=disc_vars["params"],
+      spectral=disc_vars[networks_lib.SPECTRAL],
+      probe=probe,
+      generator_opt=optimizer.init(generator),
+      discriminator_opt=optimizer.init(disc_vars["params"]),
+      probe_opt=optimizer.init(probe),
+  )

@@ -1,0 +1,18 @@
+"""A tiny config for tests: a few steps of a narrow model on the scikit-learn digits."""
+
+from amr_jax.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.data.name = "digits"
+  config.arch.width = 2
+  config.batch_size = 8
+  config.g_every = 2
+  config.num_train_steps = 4
+  config.log_every = 2
+  config.eval_every = 2
+  config.checkpoint_every = 2
+  config.eval_batch_size = 100
+  config.num_pictures = 4
+  return config
