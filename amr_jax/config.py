@@ -51,7 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.arch.leaky_slope = 0.01
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 1e-4
+  config.optim.lr = 1e-4  # G and D
+  config.optim.probe_lr = 1e-4
   config.optim.b1 = 0.5
   config.optim.b2 = 0.99
   config.optim.weight_decay = 1e-5  # L2 added to the gradient, PyTorch-style (not decoupled)
@@ -137,7 +138,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if not isinstance(_get(config, "arch.instance_norm"), bool):
     _fail("arch.instance_norm", config.arch.instance_norm, "True or False")
 
-  for field in ("optim.lr", "optim.weight_decay"):
+  for field in ("optim.lr", "optim.probe_lr", "optim.weight_decay"):
     _number(config, field, minimum=0)
   for field in ("optim.b1", "optim.b2"):
     _number(config, field, minimum=0)

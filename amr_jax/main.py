@@ -41,7 +41,7 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   try:
-    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    _, summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (config_lib.ConfigError, train.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

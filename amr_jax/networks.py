@@ -85,8 +85,10 @@ class _ConvBlock32(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype,
-                param_dtype=self.param_dtype)(x)
+    # Instance norm subtracts each channel's mean, which cancels a conv bias exactly: such a bias
+    # gets a gradient of pure rounding noise, which Adam would turn into steps of size lr.
+    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=not self.instance_norm,
+                dtype=self.dtype, param_dtype=self.param_dtype)(x)
     if self.instance_norm:
       x = nn.InstanceNorm(epsilon=_NORM_EPS, use_scale=True, use_bias=True, dtype=self.dtype,
                           param_dtype=self.param_dtype)(x)

@@ -10,7 +10,7 @@ the train state replicated (``P()``), the global batch split along its first axi
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -39,10 +39,12 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
   return True
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes. Auto axis types let the step permute the
-  batch (``h[perm]``) across devices; XLA moves the data."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: all devices of all processes). Auto axis types let
+  the step permute the batch (``h[perm]``) across devices; XLA moves the data."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -65,6 +67,12 @@ def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Arra
   sharding = batch_sharded(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, value)
           for name, value in local.items()}
+
+
+def replicate(mesh: Mesh, value: np.ndarray) -> jax.Array:
+  """A host array that every process holds in full, as a replicated global array."""
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, replicated(mesh), lambda index: value[index])
 
 
 def jit_data_parallel(fn: Callable, mesh: Mesh, *, batch_args: tuple[int, ...],

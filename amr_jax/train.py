@@ -89,15 +89,16 @@ def _first_non_finite(history: list[tuple[int, dict[str, np.ndarray]]]) -> str |
   for step, metrics in history:
     for name, value in metrics.items():
       if not np.all(np.isfinite(value)):
-        return f"step {step}: {name}={float(value)}"
+        return f"non-finite loss at step {step}: {name}={float(value)}"
   return None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> tuple[train_state_lib.TrainState, dict[str, Any]]:
   """Trains and evaluates AMR as configured; resumes from ``workdir`` if it holds a run.
 
-  Returns the final summary: last step, best validation probe accuracy and the test accuracy
-  at that point.
+  Returns the final train state and a summary: last step, best validation probe accuracy, the
+  test accuracy at that point and the step it was reached.
   """
   config_lib.validate(config)
   check_workdir(config, workdir)
@@ -108,25 +109,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       manual_dir=config.data.manual_dir, data_dir=config.data.data_dir,
       num_valid=config.data.num_valid, num_train=config.data.num_train)
   nets = build_networks(config, dataset)
-  optimizer = train_state_lib.make_optimizer(config.optim)
+  optimizers = train_state_lib.make_optimizers(config.optim)
   mesh = parallel.make_mesh()
   rng = jax.random.key(config.seed)
   image_shape = dataset.train.images.shape[1:]
 
-  init = jax.jit(lambda key: train_state_lib.create(nets, optimizer, key, image_shape),
-                 out_shardings=parallel.replicated(mesh))
-  state = init(jax.random.fold_in(rng, _INIT))
+  # Keys are derived inside the jitted functions (from the seed and the state's step), so every
+  # process computes the same ones and no host-local array enters a multi-process computation.
+  state = jax.jit(
+      lambda: train_state_lib.create(nets, optimizers, jax.random.fold_in(rng, _INIT), image_shape),
+      out_shardings=parallel.replicated(mesh))()
+  step_fn = train_step_lib.make_train_step(config, nets, optimizers)
+  train_key = jax.random.fold_in(rng, _TRAIN)
   train_step = parallel.jit_data_parallel(
-      train_step_lib.make_train_step(config, nets, optimizer), mesh,
-      batch_args=(1,), num_args=3, donate_state=True)
+      lambda s, batch: step_fn(s, batch, jax.random.fold_in(train_key, s.step)), mesh,
+      batch_args=(1,), num_args=2, donate_state=True)
+  finite_parts = jax.jit(lambda s: {
+      name: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(part)]))
+      for name, part in vars(s).items() if name != "step"}, out_shardings=parallel.replicated(mesh))
   count_correct = evaluation.make_correct_count(train_step_lib.make_probe_logits(nets), mesh)
-  pictures_fn = jax.jit(lambda s, x, key: train_step_lib.generated_images(config, nets, s, x, key),
-                        out_shardings=parallel.replicated(mesh))
+  pictures_fn = jax.jit(
+      lambda s, x: train_step_lib.generated_images(config, nets, s, x,
+                                                   jax.random.fold_in(rng, _PICTURES)),
+      out_shardings=parallel.replicated(mesh))
 
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    # Written whole then renamed, so another process never reads half a file.
+    path = os.path.join(workdir, "config.json")
+    with open(path + ".tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    os.replace(path + ".tmp", path)
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   meta = {"best_valid_probe_acc": -1.0, "test_probe_acc_at_best": -1.0, "best_step": -1}
   restored = checkpointer.restore_latest(state)
@@ -139,8 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train = dataset.train
   rows = parallel.local_rows(config.batch_size)
-  train_key = jax.random.fold_in(rng, _TRAIN)
-  pictures_x = jnp.asarray(dataset.valid.images[:config.num_pictures])
+  pictures_x = parallel.replicate(mesh, dataset.valid.images[:config.num_pictures])
 
   def local_batch(step: int) -> dict[str, np.ndarray]:
     idx = data_lib.batch_indices(config.seed, step, len(train.labels), config.batch_size)[rows]
@@ -153,9 +165,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          dataset.test.labels, config.eval_batch_size)
     if valid_acc > meta["best_valid_probe_acc"]:
       meta.update(best_valid_probe_acc=valid_acc, test_probe_acc_at_best=test_acc, best_step=step)
+    pictures = pictures_fn(state, pictures_x)  # every process takes part; process 0 writes
     if is_main:
-      pictures = parallel.to_host(pictures_fn(state, pictures_x, jax.random.fold_in(rng, _PICTURES)))
-      visualize.save_pictures(os.path.join(workdir, "images"), step, pictures)
+      visualize.save_pictures(os.path.join(workdir, "images"), step, parallel.to_host(pictures))
     return {"valid_probe_acc": valid_acc, "test_probe_acc": test_acc, **meta}
 
   # Metrics stay on device and are fetched in groups, so the host never waits on every step.
@@ -168,13 +180,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start_step
     while step < config.num_train_steps:
       batch = parallel.global_batch(mesh, local_batch(step))
-      state, metrics = train_step(state, batch, jax.random.fold_in(train_key, step))
+      state, metrics = train_step(state, batch)
       pending.append((step + 1, metrics))
       step += 1
       progress.update(1)
 
       is_last = step == config.num_train_steps
-      checkpoint_now = step % config.checkpoint_every == 0 or is_last or preemption.requested
+      preempted = preemption.requested  # read once: a SIGTERM may land at any moment
+      checkpoint_now = step % config.checkpoint_every == 0 or is_last or preempted
       eval_now = step % config.eval_every == 0 or is_last
       if step % config.log_every == 0 or checkpoint_now or eval_now:
         history = [(s, parallel.to_host(m)) for s, m in pending]
@@ -193,8 +206,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         progress.set_postfix({k: f"{record[k]:.3g}" for k in
                               ("d_loss", "g_loss", "recon", "probe_acc") if k in record})
       if checkpoint_now:
+        bad_parts = [name for name, ok in parallel.to_host(finite_parts(state)).items() if not ok]
+        if bad_parts:  # never let a non-finite state overwrite a good checkpoint
+          stop_reason = f"step {step}: non-finite values in the state's {', '.join(bad_parts)}"
+          break
         checkpointer.save(step, state, meta)
-      if preemption.requested:
+      if preempted:
         if is_main:
           print(f"SIGTERM: saved the checkpoint at step {step}; exiting", flush=True)
         break
@@ -204,6 +221,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if stop_reason is not None:
     kept = checkpointer.all_steps()
     raise NonFiniteLossError(
-        f"non-finite loss at {stop_reason}; stopped without saving this state; the last good "
+        f"{stop_reason}; stopped without saving this state; the last good "
         f"checkpoint is step {kept[-1] if kept else 'none'}")
-  return {"step": step, **meta}
+  return state, {"step": step, **meta}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -29,23 +30,38 @@ class TrainState:
   probe_opt: optax.OptState
 
 
-def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+@dataclasses.dataclass(frozen=True)
+class Optimizers:
+  """One optax transformation per player."""
+  generator: optax.GradientTransformation
+  discriminator: optax.GradientTransformation
+  probe: optax.GradientTransformation
+
+
+def adam_l2(lr: float, optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with L2 weight decay added to the gradient before the moments (as PyTorch's Adam
-  ``weight_decay`` does; the authors' setting), for G, D and the probe alike."""
+  ``weight_decay`` does; the authors' setting)."""
   return optax.chain(
       optax.add_decayed_weights(optim.weight_decay),
       optax.scale_by_adam(b1=optim.b1, b2=optim.b2),
-      optax.scale(-optim.lr),
+      optax.scale(-lr),
   )
 
 
-def create(nets: networks_lib.Networks, optimizer: optax.GradientTransformation,
+def make_optimizers(optim: ml_collections.ConfigDict) -> Optimizers:
+  """The authors' optimiser for G and D (``optim.lr``); the probe may use ``optim.probe_lr``
+  (it only measures the codes, so its speed does not change what G learns)."""
+  return Optimizers(generator=adam_l2(optim.lr, optim), discriminator=adam_l2(optim.lr, optim),
+                    probe=adam_l2(optim.probe_lr, optim))
+
+
+def create(nets: networks_lib.Networks, optimizers: Optimizers,
            key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
   """Initialises a TrainState. Pure: jit it (or vmap it over keys) as needed.
 
   Args:
     nets: the networks.
-    optimizer: one optax transformation used for G, D and the probe.
+    optimizers: the players' optimisers.
     key: random key for the initial parameters.
     image_shape: ``(H, W, C)`` of one image.
   """
@@ -63,7 +79,7 @@ def create(nets: networks_lib.Networks, optimizer: optax.GradientTransformation,
       discriminator=disc_vars["params"],
       spectral=disc_vars[networks_lib.SPECTRAL],
       probe=probe,
-      generator_opt=optimizer.init(generator),
-      discriminator_opt=optimizer.init(disc_vars["params"]),
-      probe_opt=optimizer.init(probe),
+      generator_opt=optimizers.generator.init(generator),
+      discriminator_opt=optimizers.discriminator.init(disc_vars["params"]),
+      probe_opt=optimizers.probe.init(probe),
   )

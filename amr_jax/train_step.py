@@ -25,6 +25,7 @@ import optax
 from amr_jax import losses
 from amr_jax import mixers
 from amr_jax import networks as networks_lib
+from amr_jax import train_state as train_state_lib
 from amr_jax.train_state import TrainState
 
 Batch = dict[str, jax.Array]  # 'image': (B, H, W, C) in [-1, 1]; 'label': (B,) int32
@@ -40,7 +41,7 @@ def to_image(decoded: jax.Array, recon_loss: str) -> jax.Array:
 
 
 def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networks,
-                    optimizer: optax.GradientTransformation) -> TrainStep:
+                    optimizers: train_state_lib.Optimizers) -> TrainStep:
   """Builds ``train_step(state, batch, key) -> (state, metrics)`` from a validated config.
 
   Every choice in the config is static (Python), so the config never enters the jitted function.
@@ -94,7 +95,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
   def generator_update(state, x, key):
     (loss, aux), grads = jax.value_and_grad(generator_loss, has_aux=True)(
         state.generator, state, x, key)
-    updates, opt = optimizer.update(grads, state.generator_opt, state.generator)
+    updates, opt = optimizers.generator.update(grads, state.generator_opt, state.generator)
     return optax.apply_updates(state.generator, updates), opt, loss, aux
 
   def generator_forward_only(state, x, key):
@@ -135,13 +136,13 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     # Discriminator: real x against the decoded fakes, held fixed.
     (d_loss, (spectral, d_metrics)), d_grads = jax.value_and_grad(
         discriminator_loss, has_aux=True)(state.discriminator, state, x, fakes)
-    d_updates, discriminator_opt = optimizer.update(
+    d_updates, discriminator_opt = optimizers.discriminator.update(
         d_grads, state.discriminator_opt, state.discriminator)
 
     # Probe: a linear classifier on the bottleneck, which it must not shape.
     (p_loss, p_acc), p_grads = jax.value_and_grad(probe_loss, has_aux=True)(
         state.probe, h, labels)
-    p_updates, probe_opt = optimizer.update(p_grads, state.probe_opt, state.probe)
+    p_updates, probe_opt = optimizers.probe.update(p_grads, state.probe_opt, state.probe)
 
     new_state = state.replace(
         step=state.step + 1,

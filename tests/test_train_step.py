@@ -27,9 +27,9 @@ def tiny_config(**overrides):
 def setup(config):
   nets = networks.build("acai32", image_channels=1, num_classes=10, width=config.arch.width,
                         latent_channels=config.arch.latent_channels)
-  optimizer = train_state_lib.make_optimizer(config.optim)
-  state = train_state_lib.create(nets, optimizer, jax.random.key(0), (32, 32, 1))
-  step = train_step_lib.make_train_step(config, nets, optimizer)
+  optimizers = train_state_lib.make_optimizers(config.optim)
+  state = train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1))
+  step = train_step_lib.make_train_step(config, nets, optimizers)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(-1, 1, (BATCH, 32, 32, 1)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 10, BATCH), jnp.int32)}

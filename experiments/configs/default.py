@@ -14,6 +14,7 @@ def get_config():
   config.arch.width = 8
   config.batch_size = 64
   config.g_every = 1  # few steps: let the generator learn on every one
+  config.optim.probe_lr = 1e-3  # a short run: let the probe catch up with the codes quickly
   config.num_train_steps = 1_500
   config.log_every = 50
   config.eval_every = 500

@@ -1,0 +1,103 @@
+"""Data parallelism: 1 device vs 4, and two processes on loopback, on simulated CPU devices."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "parallel_worker.py"
+
+
+def worker_env(devices):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=str(ROOT))
+  env["JAX_COMPILATION_CACHE_DIR"] = os.path.expanduser(
+      os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla"))
+  return env
+
+
+def run_worker(*args, devices, timeout=600):
+  result = subprocess.run([sys.executable, str(WORKER), *map(str, args)], cwd=ROOT,
+                          env=worker_env(devices), capture_output=True, text=True,
+                          timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def assert_close(actual, desired, name):
+  """Equal up to float32 reduction order: differences small against the array's own scale
+  (a sum over devices adds the per-device parts in another order than one device does)."""
+  actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+  scale = max(np.abs(desired).max(initial=0.0), 1e-6)
+  assert np.abs(actual - desired).max(initial=0.0) <= 1e-3 * scale, (
+      name, np.abs(actual - desired).max(), scale)
+
+
+def test_one_step_on_4_devices_equals_1_device(tmp_path):
+  out = tmp_path / "step.npz"
+  run_worker("step", out, devices=4)
+  saved = np.load(out)
+  names = sorted(k.split("|", 1)[1] for k in saved.files if k.startswith("1|"))
+  assert any("spectral" in n for n in names) and any("opt" in n for n in names)
+  assert any(n.startswith("metrics") for n in names)
+  for name in names:
+    assert_close(saved[f"4|{name}"], saved[f"1|{name}"], name)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("multiprocess")
+  workdir = tmp / "run"
+  coordinator = f"127.0.0.1:{free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, str(WORKER), "train", str(tmp / f"p{i}.npz"), str(workdir), "4",
+       coordinator, "2", str(i)], cwd=ROOT, env=worker_env(2), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = []
+  for proc in procs:
+    try:
+      outputs.append(proc.communicate(timeout=600))
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      raise
+  for proc, (_, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-3000:]
+  return tmp, workdir, outputs
+
+
+def test_two_processes_agree_with_each_other_and_with_one_process(two_process_run, tmp_path):
+  tmp, workdir, outputs = two_process_run
+  assert "devices 4 processes 2" in outputs[0][0]
+  p0, p1 = np.load(tmp / "p0.npz"), np.load(tmp / "p1.npz")
+  assert p0.files == p1.files
+  for name in p0.files:
+    np.testing.assert_array_equal(p0[name], p1[name], err_msg=name)
+  # Only process 0 writes metrics and pictures; both took part in checkpointing.
+  assert (workdir / "metrics.jsonl").exists() and (workdir / "images").exists()
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+  single = tmp_path / "single.npz"
+  run_worker("train", single, tmp_path / "run", 4, devices=4)
+  one = np.load(single)
+  for name in p0.files:
+    assert_close(p0[name], one[name], name)
+
+
+def test_two_process_checkpoint_restores_in_one_process_and_continues(two_process_run):
+  tmp, workdir, _ = two_process_run
+  result = run_worker("train", tmp / "continued.npz", workdir, 6, devices=1)
+  assert "'step': 6" in result.stdout
+  assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
