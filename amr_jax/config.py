@@ -16,7 +16,7 @@ from amr_jax import losses
 from amr_jax import mixers
 from amr_jax import networks
 
-MODELS = ("amr", "ae_gan")
+MODELS = ("amr", "ae_gan", "acai", "beta_vae")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -30,6 +30,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.lamb = 10.0  # weight of the reconstruction loss
   config.beta = 0.0  # weight of the consistency loss recon(enc(dec(mix)), mix); 0 turns it off
   config.g_every = 5  # the generator steps once every g_every iterations (authors: 5)
+  config.kl_weight = 4.0  # beta_vae only: the beta of beta-VAE (named apart from `beta`)
+  config.acai = ml_collections.ConfigDict()
+  config.acai.variant = "berthelot"  # or 'amr_authors' (BCE targets; see reference.md)
+  config.acai.advweight = 0.5
+  # Supervised AMR (section 2.2): a learned mixer conditioned on binary attributes.
+  config.supervised = ml_collections.ConfigDict()
+  config.supervised.enabled = False
+  config.supervised.mask = "soft"  # 'soft' = sigmoid(MLP(y)); 'sampled' = Bernoulli, straight-through
+  config.supervised.cls_weight = 1.0
+  config.supervised.mask_eps = 1e-4  # keeps masks from collapsing to all-one or all-zero
   config.recon_loss = "l1"
   config.consistency_loss = "l1"
   config.gan_loss = "bce"
@@ -119,6 +129,20 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "lamb", minimum=0)
   _number(config, "beta", minimum=0)
   _number(config, "g_every", minimum=1, integer=True)
+  _number(config, "kl_weight", minimum=0)
+  _one_of(config, "acai.variant", ("berthelot", "amr_authors"))
+  _number(config, "acai.advweight", minimum=0)
+  if not isinstance(_get(config, "supervised.enabled"), bool):
+    _fail("supervised.enabled", config.supervised.enabled, "True or False")
+  _one_of(config, "supervised.mask", ("soft", "sampled"))
+  _number(config, "supervised.cls_weight", minimum=0)
+  _number(config, "supervised.mask_eps", minimum=0)
+  if config.model == "acai" and (config.mixer != "mixup" or config.k != 2):
+    _fail("mixer", f"{config.mixer} with k={config.k}",
+          "'mixup' with k=2 for model='acai' (its critic regresses one coefficient)")
+  if config.supervised.enabled and config.model != "amr":
+    _fail("supervised.enabled", True, f"False for model={config.model!r} (only 'amr' mixes "
+          "with labels)")
   _one_of(config, "recon_loss", losses.RECONSTRUCTION)
   _one_of(config, "consistency_loss", ("l1", "l2"))
   _one_of(config, "gan_loss", losses.GAN)
@@ -169,7 +193,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
 
 # Fields that change the shapes of the parameters: a workdir's checkpoints only fit a config that
 # agrees with the saved one on all of them.
-SHAPE_FIELDS = ("model", "arch.name", "arch.width", "arch.latent_channels", "arch.latent_dim",
+SHAPE_FIELDS = ("model", "supervised.enabled", "arch.name", "arch.width", "arch.latent_channels",
+                "arch.latent_dim",
                 "arch.instance_norm", "data.name", "data.image_size")
 
 

@@ -48,8 +48,9 @@ __all__ = [
 SPECTRAL = "spectral"
 """Name of the Flax variable collection holding spectral-norm state (``u`` and ``sigma``)."""
 
-ARCHITECTURES = ("acai32", "dsprites64")
-IMAGE_SIZE = {"acai32": 32, "dsprites64": 64}
+ARCHITECTURES = ("acai32", "dsprites64", "mlp2d")
+# For "mlp2d" (2-D points) the "image size" is the point dimension.
+IMAGE_SIZE = {"acai32": 32, "dsprites64": 64, "mlp2d": 2}
 
 # PyTorch's InstanceNorm2d default; Flax's default is 1e-6.
 _NORM_EPS = 1e-5
@@ -163,8 +164,11 @@ class Discriminator32(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  num_attributes: int = 0  # > 0 adds an auxiliary multi-label classifier head (AC-GAN)
+
   @nn.compact
-  def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, update_stats: bool):
+    """Returns logits (B,), or (logits, attribute_logits (B, num_attributes)) with the head."""
     _check_images(x, "Discriminator32")
 
     def conv(features: int, size: int, h: jax.Array) -> jax.Array:
@@ -177,10 +181,16 @@ class Discriminator32(nn.Module):
       x = nn.leaky_relu(conv(self.width * 2**s, 3, x), self.leaky_slope)
       x = nn.leaky_relu(conv(self.width * 2**s, 3, x), self.leaky_slope)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = nn.leaky_relu(conv(self.width * 2**self.scales, 3, x), self.leaky_slope)
-    x = conv(self.latent_channels, 3, x)
+    features = nn.leaky_relu(conv(self.width * 2**self.scales, 3, x), self.leaky_slope)
+    x = conv(self.latent_channels, 3, features)
     # Reduce in float32: the logit feeds a BCE loss, and bf16 sums lose precision.
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+    logits = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+    if not self.num_attributes:
+      return logits
+    head = nn.Dense(self.num_attributes, dtype=self.dtype, param_dtype=self.param_dtype)
+    pooled = jnp.mean(features, axis=(1, 2))
+    attributes = _spectral(head, self.param_dtype)(pooled, update_stats=update_stats)
+    return logits, attributes.astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,8 +255,11 @@ class Discriminator64(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  num_attributes: int = 0  # > 0 adds an auxiliary multi-label classifier head (AC-GAN)
+
   @nn.compact
-  def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, update_stats: bool):
+    """Returns logits (B,), or (logits, attribute_logits (B, num_attributes)) with the head."""
     _check_images(x, "Discriminator64")
     sn = lambda layer, h: _spectral(layer, self.param_dtype)(h, update_stats=update_stats)
     for _ in range(4):
@@ -255,8 +268,12 @@ class Discriminator64(nn.Module):
     x = x.reshape((x.shape[0], -1))
     for _ in range(2):
       x = nn.relu(sn(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype), x))
-    x = sn(nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype), x)
-    return x[:, 0].astype(jnp.float32)
+    logits = sn(nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype), x)[:, 0]
+    if not self.num_attributes:
+      return logits.astype(jnp.float32)
+    attributes = sn(nn.Dense(self.num_attributes, dtype=self.dtype,
+                             param_dtype=self.param_dtype), x)
+    return logits.astype(jnp.float32), attributes.astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,13 +295,32 @@ class Probe(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(h)
 
 
+class ClassMixer(nn.Module):
+  """The label-conditioned mixer of supervised AMR (section 2.2): an MLP from a binary attribute
+  vector to per-channel Bernoulli logits (Linear A->C, ReLU, Linear C->C, ReLU, Linear C->C, as
+  in the authors' code). (B, A) -> (B, channels) logits; ``sigmoid`` gives the probability that
+  a channel is taken from the first code."""
+  channels: int
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, attributes: jax.Array) -> jax.Array:
+    x = attributes.astype(self.dtype or jnp.float32)
+    for _ in range(2):
+      x = nn.relu(nn.Dense(self.channels, dtype=self.dtype, param_dtype=self.param_dtype)(x))
+    return nn.Dense(self.channels, dtype=self.dtype, param_dtype=self.param_dtype)(x).astype(
+        jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Networks:
-  """The four (unbound) modules of one AMR model."""
+  """The (unbound) modules of one model; ``class_mixer`` only for supervised AMR."""
   encoder: nn.Module
   decoder: nn.Module
   discriminator: nn.Module
   probe: nn.Module
+  class_mixer: nn.Module | None = None
 
 
 def _check_arch(arch: str) -> None:
@@ -294,31 +330,54 @@ def _check_arch(arch: str) -> None:
 
 def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
           latent_channels: int = 2, latent_dim: int = 10, instance_norm: bool = True,
-          leaky_slope: float = 0.01, dtype: Dtype | None = None) -> Networks:
+          leaky_slope: float = 0.01, dtype: Dtype | None = None, variational: bool = False,
+          num_attributes: int = 0) -> Networks:
   """The networks of a named architecture.
 
   ``acai32`` uses ``width``, ``latent_channels``, ``instance_norm`` and ``leaky_slope``
   (``latent_dim`` is ignored); ``dsprites64`` uses ``latent_dim`` (the others are ignored).
   ``dtype`` is the computation dtype of every module (``None`` = float32).
+  ``variational``: the encoder outputs twice the code's channels (mean and log-variance, split
+  along the last axis), for the beta-VAE baseline.
+  ``num_attributes`` > 0: supervised AMR: D gets an attribute head and a ClassMixer is built.
+  ``mlp2d`` (2-D points, the spiral toy) uses ``width`` (hidden units), ``latent_dim`` and
+  ``leaky_slope``; ``image_channels`` is the point dimension.
   """
   _check_arch(arch)
+  factor = 2 if variational else 1
   if arch == "acai32":
-    return Networks(
-        encoder=Encoder32(width=width, latent_channels=latent_channels,
+    nets = Networks(
+        encoder=Encoder32(width=width, latent_channels=factor * latent_channels,
                           instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype),
         decoder=Decoder32(width=width, image_channels=image_channels,
                           instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype),
         # The critic has no norm, as in the authors' code.
         discriminator=Discriminator32(width=width, latent_channels=latent_channels,
-                                      leaky_slope=leaky_slope, dtype=dtype),
+                                      leaky_slope=leaky_slope, dtype=dtype,
+                                      num_attributes=num_attributes),
         probe=Probe(num_classes, dtype=dtype),
     )
-  return Networks(
-      encoder=Encoder64(latent_dim=latent_dim, dtype=dtype),
-      decoder=Decoder64(image_channels=image_channels, dtype=dtype),
-      discriminator=Discriminator64(dtype=dtype),
-      probe=Probe(num_classes, dtype=dtype),
-  )
+  elif arch == "mlp2d":
+    nets = Networks(
+        encoder=MLPEncoder2D(hidden=width, latent_dim=factor * latent_dim,
+                             leaky_slope=leaky_slope, dtype=dtype),
+        decoder=MLPDecoder2D(hidden=width, out_dim=image_channels, leaky_slope=leaky_slope,
+                             dtype=dtype),
+        discriminator=MLPDiscriminator2D(hidden=width, leaky_slope=leaky_slope, dtype=dtype,
+                                         num_attributes=num_attributes),
+        probe=Probe(num_classes, dtype=dtype),
+    )
+  else:
+    nets = Networks(
+        encoder=Encoder64(latent_dim=factor * latent_dim, dtype=dtype),
+        decoder=Decoder64(image_channels=image_channels, dtype=dtype),
+        discriminator=Discriminator64(dtype=dtype, num_attributes=num_attributes),
+        probe=Probe(num_classes, dtype=dtype),
+    )
+  if num_attributes:
+    channels = latent_shape(arch, latent_channels=latent_channels, latent_dim=latent_dim)[-1]
+    nets = dataclasses.replace(nets, class_mixer=ClassMixer(channels, dtype=dtype))
+  return nets
 
 
 def latent_shape(arch: str, *, image_channels: int | None = None, num_classes: int | None = None,
@@ -328,7 +387,7 @@ def latent_shape(arch: str, *, image_channels: int | None = None, num_classes: i
   """The code shape without the batch axis, e.g. ``(4, 4, 2)`` or ``(10,)``.
 
   Takes the same keyword arguments as :func:`build` (so one kwargs dict serves both); only
-  ``latent_channels`` (acai32) or ``latent_dim`` (dsprites64) matter.
+  ``latent_channels`` (acai32) or ``latent_dim`` (dsprites64, mlp2d) matter.
   """
   del image_channels, num_classes, width, instance_norm, leaky_slope, dtype  # no effect on shape
   _check_arch(arch)
@@ -336,3 +395,80 @@ def latent_shape(arch: str, *, image_channels: int | None = None, num_classes: i
     side = IMAGE_SIZE[arch] // 2**3  # build() always uses 3 scales
     return (side, side, latent_channels)
   return (latent_dim,)
+
+
+# --------------------------------------------------------------------------------------------
+# 2-D points: the appendix toy (spiral, Figure 12). For 'mlp2d', IMAGE_SIZE is the point
+# dimension (2), so a config with data.image_size=2 validates; "images" are points (B, 2).
+
+
+def _check_points(x: jax.Array, name: str) -> None:
+  if x.ndim != 2:
+    raise ValueError(f"{name} expects flat vectors (B, D); got shape {x.shape}")
+
+
+class MLPEncoder2D(nn.Module):
+  """MLP encoder for 2-D points. (B, 2) -> (B, latent_dim).
+
+  ``depth`` x [Dense ``hidden``, LeakyReLU], then a linear Dense to ``latent_dim``.
+  """
+  hidden: int = 64
+  depth: int = 3
+  latent_dim: int = 2
+  leaky_slope: float = 0.01
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _check_points(x, "MLPEncoder2D")
+    for _ in range(self.depth):
+      x = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype)(x),
+                        self.leaky_slope)
+    return nn.Dense(self.latent_dim, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+class MLPDecoder2D(nn.Module):
+  """MLP decoder, the encoder's mirror. (B, latent_dim) -> (B, out_dim), linear output."""
+  hidden: int = 64
+  depth: int = 3
+  out_dim: int = 2
+  leaky_slope: float = 0.01
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:
+    _check_points(h, "MLPDecoder2D")
+    x = h
+    for _ in range(self.depth):
+      x = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype)(x),
+                        self.leaky_slope)
+    return nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+class MLPDiscriminator2D(nn.Module):
+  """MLP discriminator for 2-D points, every Dense spectrally normalised. (B, 2) -> (B,) logits.
+
+  ``depth`` x [SN Dense ``hidden``, LeakyReLU], then SN Dense 1. With ``num_attributes`` > 0 it
+  returns ``(logits (B,), attribute_logits (B, num_attributes))``, like the other
+  discriminators.
+  """
+  hidden: int = 64
+  depth: int = 3
+  leaky_slope: float = 0.01
+  num_attributes: int = 0
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool):
+    _check_points(x, "MLPDiscriminator2D")
+    sn = lambda layer, h: _spectral(layer, self.param_dtype)(h, update_stats=update_stats)
+    dense = lambda features: nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype)
+    for _ in range(self.depth):
+      x = nn.leaky_relu(sn(dense(self.hidden), x), self.leaky_slope)
+    logits = sn(dense(1), x)[:, 0].astype(jnp.float32)
+    if not self.num_attributes:
+      return logits
+    return logits, sn(dense(self.num_attributes), x).astype(jnp.float32)

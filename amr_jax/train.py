@@ -45,7 +45,24 @@ def build_networks(config: ml_collections.ConfigDict, dataset: data_lib.Dataset
       config.arch.name, image_channels=dataset.image_channels, num_classes=dataset.num_classes,
       width=config.arch.width, latent_channels=config.arch.latent_channels,
       latent_dim=config.arch.latent_dim, instance_norm=config.arch.instance_norm,
-      leaky_slope=config.arch.leaky_slope)
+      leaky_slope=config.arch.leaky_slope, variational=config.model == "beta_vae",
+      num_attributes=num_attributes(config, dataset))
+
+
+def num_attributes(config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> int:
+  """Attributes the supervised mixer conditions on (0 when supervised AMR is off)."""
+  if not config.supervised.enabled:
+    return 0
+  if dataset.train.attributes is None:
+    raise config_lib.ConfigError(
+        f"config.supervised.enabled=True is not allowed for data.name={dataset.name!r}; allowed "
+        "only with datasets that have binary attributes (dsprites, celeb_a)")
+  return dataset.train.attributes.shape[1]
+
+
+def latent_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  return networks_lib.latent_shape(config.arch.name, latent_channels=config.arch.latent_channels,
+                                   latent_dim=config.arch.latent_dim)
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -117,7 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # Keys are derived inside the jitted functions (from the seed and the state's step), so every
   # process computes the same ones and no host-local array enters a multi-process computation.
   state = jax.jit(
-      lambda: train_state_lib.create(nets, optimizers, jax.random.fold_in(rng, _INIT), image_shape),
+      lambda: train_state_lib.create(nets, optimizers, jax.random.fold_in(rng, _INIT), image_shape,
+                                     latent_shape(config), num_attributes(config, dataset)),
       out_shardings=parallel.replicated(mesh))()
   step_fn = train_step_lib.make_train_step(config, nets, optimizers)
   train_key = jax.random.fold_in(rng, _TRAIN)
@@ -127,7 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   finite_parts = jax.jit(lambda s: {
       name: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(part)]))
       for name, part in vars(s).items() if name != "step"}, out_shardings=parallel.replicated(mesh))
-  count_correct = evaluation.make_correct_count(train_step_lib.make_probe_logits(nets), mesh)
+  count_correct = evaluation.make_correct_count(
+      train_step_lib.make_probe_logits(nets, config), mesh)
   pictures_fn = jax.jit(
       lambda s, x: train_step_lib.generated_images(config, nets, s, x,
                                                    jax.random.fold_in(rng, _PICTURES)),
@@ -156,7 +175,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   def local_batch(step: int) -> dict[str, np.ndarray]:
     idx = data_lib.batch_indices(config.seed, step, len(train.labels), config.batch_size)[rows]
-    return {"image": train.images[idx], "label": train.labels[idx]}
+    batch = {"image": train.images[idx], "label": train.labels[idx]}
+    if config.supervised.enabled:
+      batch["attributes"] = train.attributes[idx]
+    return batch
 
   def evaluate(step: int) -> dict[str, float]:
     valid_acc = evaluation.probe_accuracy(count_correct, state, mesh, dataset.valid.images,

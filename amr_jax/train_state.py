@@ -55,8 +55,9 @@ def make_optimizers(optim: ml_collections.ConfigDict) -> Optimizers:
                     probe=adam_l2(optim.probe_lr, optim))
 
 
-def create(nets: networks_lib.Networks, optimizers: Optimizers,
-           key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+def create(nets: networks_lib.Networks, optimizers: Optimizers, key: jax.Array,
+           image_shape: tuple[int, ...], latent_shape: tuple[int, ...],
+           num_attributes: int = 0) -> TrainState:
   """Initialises a TrainState. Pure: jit it (or vmap it over keys) as needed.
 
   Args:
@@ -64,15 +65,19 @@ def create(nets: networks_lib.Networks, optimizers: Optimizers,
     optimizers: the players' optimisers.
     key: random key for the initial parameters.
     image_shape: ``(H, W, C)`` of one image.
+    latent_shape: the code's shape without the batch axis (what the decoder takes).
+    num_attributes: attributes of supervised AMR (its ClassMixer joins G's parameters).
   """
-  key_enc, key_dec, key_disc, key_probe = jax.random.split(key, 4)
+  key_enc, key_dec, key_disc, key_probe, key_mixer = jax.random.split(key, 5)
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  encoder = nets.encoder.init(key_enc, x)["params"]
-  h = nets.encoder.apply({"params": encoder}, x)
-  decoder = nets.decoder.init(key_dec, h)["params"]
+  h = jnp.zeros((1,) + tuple(latent_shape), jnp.float32)
+  generator = {"encoder": nets.encoder.init(key_enc, x)["params"],
+               "decoder": nets.decoder.init(key_dec, h)["params"]}
+  if nets.class_mixer is not None:
+    generator["mixer"] = nets.class_mixer.init(
+        key_mixer, jnp.zeros((1, num_attributes), jnp.float32))["params"]
   disc_vars = nets.discriminator.init(key_disc, x, update_stats=False)
   probe = nets.probe.init(key_probe, h)["params"]
-  generator = {"encoder": encoder, "decoder": decoder}
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       generator=generator,

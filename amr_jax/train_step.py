@@ -1,16 +1,26 @@
-"""One AMR training iteration: the discriminator, the probe and the generator in one function.
+"""One training iteration: the discriminator, the probe and the generator in one function.
 
-The objective, as in the paper (Eq. 3 and the appendix), with ``mix = mixer(partners(enc(x)))``:
+AMR's objective, as in the paper (Eq. 3, section 2.2 and the appendix), with
+``mix = mixer(partners(h))`` and ``h = enc(x)``:
 
   G (enc+dec): lamb * recon(dec(h), x) + GAN(D(dec(h)) -> real) + GAN(D(dec(mix)) -> real)
                + beta * recon(enc(dec(mix)), mix)
   D:           GAN(D(x) -> real) + GAN(D(dec(h)) -> fake) + GAN(D(dec(mix)) -> fake)
   probe:       cross-entropy(probe(stop_gradient(h)), y)
 
-Where gradients stop: D's loss sees the decoded images as constants (``stop_gradient``), so it
+Supervised AMR adds a learned, label-conditioned mix ``mix_sup = m * h + (1 - m) * h[perm]``
+with ``m`` from the ClassMixer(y_mix):
+  G: + GAN(D(dec(mix_sup)) -> real) + cls * BCE(D_cls(dec(mix_sup)), y_mix)
+     + eps * mean((sum(m) - C/2)^2)
+  D: + BCE(D_cls(x), y) + GAN(D(dec(mix_sup)) -> fake)
+
+Baselines built on the same step: 'ae_gan' (no mix terms); 'acai' (Berthelot et al. 2019: a
+critic regresses the folded mixing coefficient; see ``_acai_*``); 'beta_vae' (no D at all).
+
+Where gradients stop: D's loss sees the generated images as constants (``stop_gradient``), so it
 sends nothing into G; G's loss differentiates through D but only G's parameters are updated, with
-D's spectral-norm state frozen; the probe reads ``stop_gradient(h)`` so it never trains the
-encoder. 'ae_gan' is the same step with every mix term removed.
+D's spectral-norm state frozen; the probe reads ``stop_gradient(h)``, so it never trains the
+encoder.
 """
 
 from __future__ import annotations
@@ -28,9 +38,12 @@ from amr_jax import networks as networks_lib
 from amr_jax import train_state as train_state_lib
 from amr_jax.train_state import TrainState
 
-Batch = dict[str, jax.Array]  # 'image': (B, H, W, C) in [-1, 1]; 'label': (B,) int32
+# 'image': (B, H, W, C) in [-1, 1]; 'label': (B,) int32; 'attributes': (B, A) {0,1} (supervised)
+Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
+
+ACAI_GAMMA = 0.2  # ACAI's regulariser interpolates x and dec(h) with this weight on x
 
 
 def to_image(decoded: jax.Array, recon_loss: str) -> jax.Array:
@@ -40,6 +53,19 @@ def to_image(decoded: jax.Array, recon_loss: str) -> jax.Array:
   return decoded
 
 
+def code(nets: networks_lib.Networks, config: ml_collections.ConfigDict, encoder_params,
+         x: jax.Array) -> jax.Array:
+  """The code the decoder and the probe see: enc(x), or the posterior mean for the beta-VAE."""
+  h = nets.encoder.apply({"params": encoder_params}, x)
+  if config.model == "beta_vae":
+    h, _ = jnp.split(h, 2, axis=-1)
+  return h
+
+
+def _bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+
+
 def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networks,
                     optimizers: train_state_lib.Optimizers) -> TrainStep:
   """Builds ``train_step(state, batch, key) -> (state, metrics)`` from a validated config.
@@ -47,115 +73,205 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
   Every choice in the config is static (Python), so the config never enters the jitted function.
   The caller jits the result (see ``amr_jax.parallel``) and derives ``key`` from the step.
   """
-  mixing = config.model == "amr"
+  model = config.model
+  mixing = model in ("amr", "acai")
+  supervised = model == "amr" and config.supervised.enabled
+  uses_discriminator = model != "beta_vae"
   mixer = mixers.get(config.mixer)
   lamb, beta = float(config.lamb), float(config.beta)
   g_every = int(config.g_every)
-
-  def encode(generator, x):
-    return nets.encoder.apply({"params": generator["encoder"]}, x)
+  gan = lambda logits, real: losses.gan(config.gan_loss, logits, real)
 
   def decode(generator, h):
     return to_image(nets.decoder.apply({"params": generator["decoder"]}, h), config.recon_loss)
 
   def discriminate(state, images, update_stats):
-    """D's logits (N,); with update_stats its power iteration advances (returned state)."""
+    """D's outputs (logits (N,), or (logits, attribute logits)); with update_stats its power
+    iteration advances and the new spectral state is returned."""
     variables = {"params": state.discriminator, networks_lib.SPECTRAL: state.spectral}
     if not update_stats:
       return nets.discriminator.apply(variables, images, update_stats=False), state.spectral
-    logits, new_vars = nets.discriminator.apply(variables, images, update_stats=True,
-                                                mutable=[networks_lib.SPECTRAL])
-    return logits, new_vars[networks_lib.SPECTRAL]
+    out, new_vars = nets.discriminator.apply(variables, images, update_stats=True,
+                                             mutable=[networks_lib.SPECTRAL])
+    return out, new_vars[networks_lib.SPECTRAL]
 
-  def generator_loss(generator, state, x, key):
-    h = encode(generator, x)
+  def split_outputs(out, names):
+    """Splits D's outputs on a concatenation of image groups back into named groups."""
+    logits, attributes = out if supervised else (out, None)
+    logits = dict(zip(names, jnp.split(logits, len(names))))
+    attributes = dict(zip(names, jnp.split(attributes, len(names)))) if supervised else None
+    return logits, attributes
+
+  def supervised_mix(generator, h, attributes, key):
+    """The learned mix of section 2.2: returns (mix_sup, y_mix, mask)."""
+    key_partners, key_labels, key_mask = jax.random.split(key, 3)
+    h_partner = mixers.partners(key_partners, h, 2)[1]
+    y_partner = mixers.partners(key_partners, attributes, 2)[1]  # same key: same permutation
+    # The conditioning label is itself a mix: each attribute from one of the two examples.
+    pick = jax.random.bernoulli(key_labels, 0.5, attributes.shape)
+    y_mix = jnp.where(pick, attributes, y_partner).astype(jnp.float32)
+    probability = jax.nn.sigmoid(nets.class_mixer.apply({"params": generator["mixer"]}, y_mix))
+    if config.supervised.mask == "sampled":
+      sample = jax.random.bernoulli(key_mask, probability).astype(jnp.float32)
+      mask = probability + jax.lax.stop_gradient(sample - probability)  # straight-through
+    else:
+      mask = probability
+    m = mask.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + (h.shape[-1],))
+    return m * h + (1.0 - m) * h_partner, y_mix, mask
+
+  def generator_loss(generator, state, batch, key):
+    """G's loss. Returns (total, (terms, h, fakes, extras)); fakes are decoded images for D."""
+    x = batch["image"]
+    key_mix, key_sup, key_noise = jax.random.split(key, 3)
+    raw = nets.encoder.apply({"params": generator["encoder"]}, x)
+    terms, extras = {}, {}
+    if model == "beta_vae":
+      mean, log_var = jnp.split(raw, 2, axis=-1)
+      h = mean
+      z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key_noise, mean.shape)
+      x_rec_raw = nets.decoder.apply({"params": generator["decoder"]}, z)
+      # Sums over pixels and code dimensions (mean over the batch): the scale beta-VAE's beta
+      # is defined on.
+      pixels = x[0].size
+      terms["recon"] = losses.reconstruction(config.recon_loss, x_rec_raw, x) * pixels
+      terms["kl"] = jnp.mean(jnp.sum(
+          0.5 * (jnp.exp(log_var) + mean**2 - 1.0 - log_var), axis=tuple(range(1, mean.ndim))))
+      total = terms["recon"] + config.kl_weight * terms["kl"]
+      return total, (terms, h, {}, extras)
+
+    h = raw
     x_rec_raw = nets.decoder.apply({"params": generator["decoder"]}, h)
-    x_rec = to_image(x_rec_raw, config.recon_loss)
-    terms = {"recon": losses.reconstruction(config.recon_loss, x_rec_raw, x)}
-    fakes = {"rec": x_rec}
+    terms["recon"] = losses.reconstruction(config.recon_loss, x_rec_raw, x)
+    total = lamb * terms["recon"]
+    fakes = {"rec": to_image(x_rec_raw, config.recon_loss)}
     if mixing:
-      key_partners, key_mix = jax.random.split(key)
-      h_mix, _ = mixer(key_mix, mixers.partners(key_partners, h, config.k))
+      key_partners, key_weights = jax.random.split(key_mix)
+      h_mix, weights = mixer(key_weights, mixers.partners(key_partners, h, config.k))
       fakes["mix"] = decode(generator, h_mix)
-    # D judges the fakes with its current parameters and frozen spectral state; only G learns.
-    logits, _ = discriminate(state, jnp.concatenate(list(fakes.values())), update_stats=False)
-    logits = dict(zip(fakes, jnp.split(logits, len(fakes))))
-    terms["gan_rec"] = losses.gan(config.gan_loss, logits["rec"], real=True)
-    total = lamb * terms["recon"] + terms["gan_rec"]
-    if mixing:
-      terms["gan_mix"] = losses.gan(config.gan_loss, logits["mix"], real=True)
-      total += terms["gan_mix"]
-      if beta > 0:
-        # Consistency: re-encoding a decoded mix should give the mix back (the mix is the target).
-        terms["consistency"] = losses.reconstruction(
-            config.consistency_loss, encode(generator, fakes["mix"]), jax.lax.stop_gradient(h_mix))
-        total += beta * terms["consistency"]
-    return total, (terms, h, fakes)
+      extras["alpha"] = weights[0].reshape(-1)  # weight of source 0 (ACAI's coefficient)
+    if supervised:
+      h_sup, y_mix, mask = supervised_mix(generator, h, batch["attributes"], key_sup)
+      fakes["sup"] = decode(generator, h_sup)
+      extras["y_mix"], extras["mask"] = y_mix, mask
+      channels = mask.shape[-1]
+      terms["mask"] = jnp.mean(jnp.square(jnp.sum(mask, axis=-1) - channels / 2))
+      total += config.supervised.mask_eps * terms["mask"]
 
-  def generator_update(state, x, key):
-    (loss, aux), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-        state.generator, state, x, key)
-    updates, opt = optimizers.generator.update(grads, state.generator_opt, state.generator)
-    return optax.apply_updates(state.generator, updates), opt, loss, aux
+    if model == "acai":
+      # The autoencoder wants the critic to see no interpolation in its decoded mixes.
+      critic, _ = discriminate(state, fakes["mix"], update_stats=False)
+      if config.acai.variant == "berthelot":
+        terms["critic_mix"] = jnp.mean(jnp.square(critic))
+      else:  # the AMR authors' variant: BCE towards target 0 ("real")
+        terms["critic_mix"] = _bce(critic, jnp.zeros_like(critic))
+      total += config.acai.advweight * terms["critic_mix"]
+    else:
+      # D judges the fakes with its current parameters and frozen spectral state; only G learns.
+      out, _ = discriminate(state, jnp.concatenate(list(fakes.values())), update_stats=False)
+      logits, attributes = split_outputs(out, list(fakes))
+      terms["gan_rec"] = gan(logits["rec"], True)
+      total += terms["gan_rec"]
+      if mixing:
+        terms["gan_mix"] = gan(logits["mix"], True)
+        total += terms["gan_mix"]
+      if supervised:
+        terms["gan_sup"] = gan(logits["sup"], True)
+        terms["cls_sup"] = _bce(attributes["sup"], extras["y_mix"])
+        total += terms["gan_sup"] + config.supervised.cls_weight * terms["cls_sup"]
 
-  def generator_forward_only(state, x, key):
-    loss, aux = generator_loss(state.generator, state, x, key)
-    return state.generator, state.generator_opt, loss, aux
+    if mixing and beta > 0:
+      # Consistency: re-encoding a decoded mix should give the mix back (the mix is the target).
+      h_again = nets.encoder.apply({"params": generator["encoder"]}, fakes["mix"])
+      terms["consistency"] = losses.reconstruction(config.consistency_loss, h_again,
+                                                   jax.lax.stop_gradient(h_mix))
+      total += beta * terms["consistency"]
+    return total, (terms, h, fakes, extras)
 
-  def discriminator_loss(discriminator, state, x, fakes):
+  def discriminator_loss(discriminator, state, batch, fakes, extras):
+    """D's loss on real images and G's outputs, held fixed. Returns (loss, (spectral, metrics))."""
     state = state.replace(discriminator=discriminator)
-    fakes = [jax.lax.stop_gradient(f) for f in fakes.values()]  # D's loss never reaches G
-    logits, spectral = discriminate(state, jnp.concatenate([x] + fakes), update_stats=True)
-    real, *fake = jnp.split(logits, 1 + len(fakes))
-    loss = losses.gan(config.gan_loss, real, real=True)
-    loss += sum(losses.gan(config.gan_loss, f, real=False) for f in fake)
+    x = batch["image"]
+    fakes = {name: jax.lax.stop_gradient(f) for name, f in fakes.items()}  # never reaches G
+    if model == "acai":
+      return _acai_critic_loss(state, x, fakes, jax.lax.stop_gradient(extras["alpha"]))
+    names = ["real", *fakes]
+    out, spectral = discriminate(state, jnp.concatenate([x, *fakes.values()]), update_stats=True)
+    logits, attributes = split_outputs(out, names)
+    loss = gan(logits["real"], True) + sum(gan(logits[n], False) for n in fakes)
     metrics = {
-        "d_acc_real": losses.discriminator_accuracy(real, True),
-        "d_acc_fake": jnp.mean(jnp.stack([losses.discriminator_accuracy(f, False) for f in fake])),
+        "d_acc_real": losses.discriminator_accuracy(logits["real"], True),
+        "d_acc_fake": jnp.mean(jnp.stack(
+            [losses.discriminator_accuracy(logits[n], False) for n in fakes])),
     }
+    if supervised:
+      metrics["d_cls_real"] = _bce(attributes["real"], batch["attributes"].astype(jnp.float32))
+      loss += metrics["d_cls_real"]
     return loss, (spectral, metrics)
+
+  def _acai_critic_loss(state, x, fakes, alpha):
+    """ACAI's critic: regress the folded mixing coefficient of decoded mixes, and 0 on a blend of
+    real images and their reconstructions (the regulariser)."""
+    folded = jnp.minimum(alpha, 1.0 - alpha)  # in [0, 0.5]: distance to the nearest endpoint
+    if config.acai.variant == "berthelot":
+      blend = ACAI_GAMMA * x + (1.0 - ACAI_GAMMA) * fakes["rec"]
+      out, spectral = discriminate(state, jnp.concatenate([fakes["mix"], blend]), True)
+      critic_mix, critic_blend = jnp.split(out, 2)
+      loss = jnp.mean(jnp.square(critic_mix - folded)) + jnp.mean(jnp.square(critic_blend))
+    else:  # the AMR authors' variant: BCE, targets 0 for x and dec(h), 2*min(a, 1-a) for mixes
+      out, spectral = discriminate(state, jnp.concatenate([x, fakes["rec"], fakes["mix"]]), True)
+      critic_real, critic_rec, critic_mix = jnp.split(out, 3)
+      loss = (_bce(critic_real, jnp.zeros_like(critic_real))
+              + _bce(critic_rec, jnp.zeros_like(critic_rec)) + _bce(critic_mix, 2.0 * folded))
+    return loss, (spectral, {"critic_target_mean": jnp.mean(folded)})
 
   def probe_loss(probe, h, labels):
     # The probe measures the codes; stop_gradient keeps it from shaping them.
     logits = nets.probe.apply({"params": probe}, jax.lax.stop_gradient(h))
     return losses.classification(logits, labels)
 
-  def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-    x, labels = batch["image"], batch["label"]
+  def generator_update(state, batch, key):
+    (loss, aux), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+        state.generator, state, batch, key)
+    updates, opt = optimizers.generator.update(grads, state.generator_opt, state.generator)
+    return optax.apply_updates(state.generator, updates), opt, loss, aux
 
+  def generator_forward_only(state, batch, key):
+    loss, aux = generator_loss(state.generator, state, batch, key)
+    return state.generator, state.generator_opt, loss, aux
+
+  def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
     # Generator: every g_every-th step (counting from 0) it takes a gradient step; in between
-    # it only runs forward to produce the fakes D trains on.
+    # it only runs forward to produce the images D trains on.
     if g_every == 1:
       g_updated = jnp.ones((), bool)
-      generator, generator_opt, g_loss, (terms, h, fakes) = generator_update(state, x, key)
+      generator, generator_opt, g_loss, aux = generator_update(state, batch, key)
     else:
       g_updated = state.step % g_every == 0
-      generator, generator_opt, g_loss, (terms, h, fakes) = jax.lax.cond(
-          g_updated, generator_update, generator_forward_only, state, x, key)
+      generator, generator_opt, g_loss, aux = jax.lax.cond(
+          g_updated, generator_update, generator_forward_only, state, batch, key)
+    terms, h, fakes, extras = aux
+    metrics = {"g_loss": g_loss, "g_updated": g_updated.astype(jnp.float32), **terms}
+    new_state = state.replace(step=state.step + 1, generator=generator,
+                              generator_opt=generator_opt)
 
-    # Discriminator: real x against the decoded fakes, held fixed.
-    (d_loss, (spectral, d_metrics)), d_grads = jax.value_and_grad(
-        discriminator_loss, has_aux=True)(state.discriminator, state, x, fakes)
-    d_updates, discriminator_opt = optimizers.discriminator.update(
-        d_grads, state.discriminator_opt, state.discriminator)
+    # Discriminator (or ACAI's critic): real x against G's outputs, held fixed.
+    if uses_discriminator:
+      (d_loss, (spectral, d_metrics)), d_grads = jax.value_and_grad(
+          discriminator_loss, has_aux=True)(state.discriminator, state, batch, fakes, extras)
+      d_updates, discriminator_opt = optimizers.discriminator.update(
+          d_grads, state.discriminator_opt, state.discriminator)
+      new_state = new_state.replace(
+          discriminator=optax.apply_updates(state.discriminator, d_updates),
+          discriminator_opt=discriminator_opt, spectral=spectral)
+      metrics.update(d_loss=d_loss, **d_metrics)
 
     # Probe: a linear classifier on the bottleneck, which it must not shape.
     (p_loss, p_acc), p_grads = jax.value_and_grad(probe_loss, has_aux=True)(
-        state.probe, h, labels)
+        state.probe, h, batch["label"])
     p_updates, probe_opt = optimizers.probe.update(p_grads, state.probe_opt, state.probe)
-
-    new_state = state.replace(
-        step=state.step + 1,
-        generator=generator,
-        generator_opt=generator_opt,
-        discriminator=optax.apply_updates(state.discriminator, d_updates),
-        discriminator_opt=discriminator_opt,
-        spectral=spectral,
-        probe=optax.apply_updates(state.probe, p_updates),
-        probe_opt=probe_opt,
-    )
-    metrics = {"g_loss": g_loss, "d_loss": d_loss, "probe_loss": p_loss, "probe_acc": p_acc,
-               "g_updated": g_updated.astype(jnp.float32), **terms, **d_metrics}
+    new_state = new_state.replace(probe=optax.apply_updates(state.probe, p_updates),
+                                  probe_opt=probe_opt)
+    metrics.update(probe_loss=p_loss, probe_acc=p_acc)
     return new_state, metrics
 
   # The loss functions, exposed so tests can check where gradients stop.
@@ -165,11 +281,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
   return train_step
 
 
-def make_probe_logits(nets: networks_lib.Networks) -> Callable[[TrainState, jax.Array], jax.Array]:
+def make_probe_logits(nets: networks_lib.Networks, config: ml_collections.ConfigDict
+                      ) -> Callable[[TrainState, jax.Array], jax.Array]:
   """``probe_logits(state, images) -> (B, classes)``: the probe on the encoder's codes."""
 
   def probe_logits(state: TrainState, images: jax.Array) -> jax.Array:
-    h = nets.encoder.apply({"params": state.generator["encoder"]}, images)
+    h = code(nets, config, state.generator["encoder"], images)
     return nets.probe.apply({"params": state.probe}, h)
 
   return probe_logits
@@ -190,7 +307,7 @@ def generated_images(config: ml_collections.ConfigDict, nets: networks_lib.Netwo
   def decode(h):
     return to_image(nets.decoder.apply({"params": generator["decoder"]}, h), config.recon_loss)
 
-  h = nets.encoder.apply({"params": generator["encoder"]}, x)
+  h = code(nets, config, generator["encoder"], x)
   key_partners, key_mix = jax.random.split(key)
   hs = mixers.partners(key_partners, h, config.k)
   # The same key permutes the images as it permuted the codes: the first partner of each input.

@@ -40,7 +40,8 @@ def one_step_on_1_and_4_devices(out):
   results = {}
   for n in (1, 4):
     mesh = parallel.make_mesh(jax.devices()[:n])
-    state = jax.jit(lambda: train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1)),
+    state = jax.jit(lambda: train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1),
+                                                           (4, 4, 2)),
                     out_shardings=parallel.replicated(mesh))()
     jitted = parallel.jit_data_parallel(step, mesh, batch_args=(1,), num_args=3)
     global_batch = parallel.global_batch(mesh, batch)

@@ -4,9 +4,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from amr_jax import config as config_lib
+from amr_jax import mixers
 from amr_jax import networks
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
@@ -20,19 +22,27 @@ def tiny_config(**overrides):
   config.g_every = 2
   config.beta = 0.5
   for name, value in overrides.items():
-    setattr(config, name, value)
+    node = config
+    *parents, leaf = name.split("__")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
   return config
 
 
-def setup(config):
+def setup(config, num_attributes=0):
   nets = networks.build("acai32", image_channels=1, num_classes=10, width=config.arch.width,
-                        latent_channels=config.arch.latent_channels)
+                        latent_channels=config.arch.latent_channels,
+                        variational=config.model == "beta_vae", num_attributes=num_attributes)
   optimizers = train_state_lib.make_optimizers(config.optim)
-  state = train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1))
+  state = train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1), (4, 4, 2),
+                                 num_attributes)
   step = train_step_lib.make_train_step(config, nets, optimizers)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(-1, 1, (BATCH, 32, 32, 1)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 10, BATCH), jnp.int32)}
+  if num_attributes:
+    batch["attributes"] = jnp.asarray(rng.integers(0, 2, (BATCH, num_attributes)), jnp.float32)
   return nets, state, step, batch
 
 
@@ -85,8 +95,8 @@ def test_discriminator_loss_sends_no_gradient_into_generator(amr):
   key = jax.random.key(2)
 
   def through_generator(generator):
-    _, (_, _, fakes) = step.generator_loss(generator, state, batch["image"], key)
-    return step.discriminator_loss(state.discriminator, state, batch["image"], fakes)[0]
+    _, (_, _, fakes, extras) = step.generator_loss(generator, state, batch, key)
+    return step.discriminator_loss(state.discriminator, state, batch, fakes, extras)[0]
 
   grads = jax.grad(through_generator)(state.generator)
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads))
@@ -106,8 +116,8 @@ def test_generator_update_does_not_depend_on_labels(amr):
 def test_generator_loss_does_not_touch_spectral_state(amr):
   _, state, step, batch = amr
   # No collection is mutable in G's loss: it would raise if D tried to update its spectral state.
-  loss, (terms, h, fakes) = step.generator_loss(state.generator, state, batch["image"],
-                                                jax.random.key(4))
+  loss, (terms, h, fakes, _) = step.generator_loss(state.generator, state, batch,
+                                                   jax.random.key(4))
   assert set(fakes) == {"rec", "mix"}
   chex.assert_shape(h, (BATCH, 4, 4, 2))
   assert np.isfinite(loss)
@@ -118,10 +128,75 @@ def test_generator_loss_does_not_touch_spectral_state(amr):
     dict(mixer="bernoulli", k=3),
     dict(mixer="spatial", gan_loss="lsgan", recon_loss="l2"),
     dict(mixer="mixup_per_channel", recon_loss="bce", beta=0.0),
+    dict(model="acai", g_every=1, recon_loss="l2"),
+    dict(model="acai", acai__variant="amr_authors"),
+    dict(model="beta_vae", g_every=1, recon_loss="bce"),
+    dict(supervised__enabled=True, supervised__mask="sampled", g_every=1),
 ])
-def test_variants_run_and_are_finite(overrides):
-  _, state, step, batch = setup(tiny_config(**overrides))
+def test_each_method_takes_a_step_with_finite_losses(overrides):
+  config = tiny_config(**overrides)
+  config_lib.validate(config, check_data=False)
+  _, state, step, batch = setup(config, num_attributes=3 if config.supervised.enabled else 0)
   new_state, metrics = jax.jit(step)(state, batch, jax.random.key(5))
-  assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
-  assert ("gan_mix" in metrics) == (overrides.get("model", "amr") == "amr")
+  assert all(np.isfinite(v) for v in jax.tree.leaves(metrics)), metrics
+  assert ("gan_mix" in metrics) == (config.model == "amr")
+  assert ("critic_mix" in metrics) == (config.model == "acai")
+  assert ("kl" in metrics) == (config.model == "beta_vae")
+  assert ("cls_sup" in metrics and "d_cls_real" in metrics) == config.supervised.enabled
   assert changed(state.generator, new_state.generator)
+  # The beta-VAE has no discriminator: it stays as it was.
+  assert changed(state.discriminator, new_state.discriminator) == (config.model != "beta_vae")
+
+
+@pytest.mark.parametrize("variant", ["berthelot", "amr_authors"])
+def test_acai_critic_regresses_the_folded_alpha(variant):
+  config = tiny_config(model="acai", g_every=1, acai__variant=variant)
+  nets, state, step, batch = setup(config)
+  key = jax.random.key(6)
+  _, (_, _, fakes, extras) = step.generator_loss(state.generator, state, batch, key)
+  # alpha is the mixup weight of source 0, drawn exactly as the mixer draws it.
+  key_mix = jax.random.split(key, 3)[0]
+  key_partners, key_weights = jax.random.split(key_mix)
+  h = nets.encoder.apply({"params": state.generator["encoder"]}, batch["image"])
+  _, weights = mixers.mixup(key_weights, mixers.partners(key_partners, h, 2))
+  np.testing.assert_allclose(extras["alpha"], weights[0].reshape(-1))
+  folded = np.minimum(extras["alpha"], 1 - extras["alpha"])
+  assert folded.max() <= 0.5
+
+  critic = lambda images: nets.discriminator.apply(
+      {"params": state.discriminator, networks.SPECTRAL: state.spectral}, images,
+      update_stats=False)
+  loss, (_, metrics) = step.discriminator_loss(state.discriminator, state, batch, fakes, extras)
+  np.testing.assert_allclose(metrics["critic_target_mean"], folded.mean(), rtol=1e-6)
+  # Recompute the critic's loss by hand from the reference's formulas. (The spectral state used
+  # here is the pre-update one; with update_stats=True the normalisation moves a little.)
+  x, rec, mix = batch["image"], fakes["rec"], fakes["mix"]
+  if variant == "berthelot":
+    blend = train_step_lib.ACAI_GAMMA * x + (1 - train_step_lib.ACAI_GAMMA) * rec
+    expected = np.mean((critic(mix) - folded) ** 2) + np.mean(critic(blend) ** 2)
+  else:
+    bce = lambda logits, target: np.mean(optax.sigmoid_binary_cross_entropy(logits, target))
+    expected = bce(critic(x), 0.0) + bce(critic(rec), 0.0) + bce(critic(mix), 2 * folded)
+  np.testing.assert_allclose(loss, expected, rtol=2e-2)
+
+
+@pytest.mark.parametrize("mask_kind", ["soft", "sampled"])
+def test_supervised_mixer_mask_shape_and_range(mask_kind):
+  config = tiny_config(supervised__enabled=True, supervised__mask=mask_kind, g_every=1)
+  _, state, step, batch = setup(config, num_attributes=3)
+  _, (terms, h, fakes, extras) = step.generator_loss(state.generator, state, batch,
+                                                     jax.random.key(7))
+  mask, y_mix = np.asarray(extras["mask"]), np.asarray(extras["y_mix"])
+  chex.assert_shape(mask, (BATCH, h.shape[-1]))  # one entry per example and channel
+  assert mask.min() >= 0 and mask.max() <= 1
+  if mask_kind == "sampled":
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+  else:
+    assert 0 < mask.min() and mask.max() < 1
+  chex.assert_shape(y_mix, (BATCH, 3))
+  assert set(np.unique(y_mix)) <= {0.0, 1.0}  # each attribute comes from one of the pair
+  chex.assert_shape(fakes["sup"], batch["image"].shape)
+  # The mixer is part of G: G's loss reaches its parameters.
+  grads = jax.grad(lambda g: step.generator_loss(g, state, batch, jax.random.key(7))[0])(
+      state.generator)
+  assert any(np.any(g != 0) for g in jax.tree.leaves(grads["mixer"]))
