@@ -67,6 +67,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.b2 = 0.99
   config.optim.weight_decay = 1e-5  # L2 added to the gradient, PyTorch-style (not decoupled)
 
+  # Disentanglement metrics at each evaluation, on datasets with ground-truth factors (dsprites).
+  config.disentanglement = ml_collections.ConfigDict()
+  config.disentanglement.num_votes = 800  # FactorVAE votes (the authors: 800 of 800 samples)
+  config.disentanglement.votes_batch = 800
+  config.disentanglement.beta_vae_train = 10_000  # beta-VAE metric: classifier points
+  config.disentanglement.beta_vae_eval = 5_000
+  config.disentanglement.beta_vae_batch = 64
+
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"
   config.data.manual_dir = ""  # folder with the dataset's original files, to build it offline
@@ -74,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.image_size = 32
   config.data.num_valid = -1  # -1 = the dataset's default validation size
   config.data.num_train = -1  # -1 = all; else cap the training set (SVHN 1k/5k/... ablation)
+  config.data.attributes = ()  # celeb_a: the binary attributes supervised AMR conditions on
   return config
 
 
@@ -169,6 +178,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     if not _get(config, field) < 1:
       _fail(field, _get(config, field), "a number in [0, 1)")
 
+  for field in ("num_votes", "votes_batch", "beta_vae_train", "beta_vae_eval", "beta_vae_batch"):
+    _number(config, f"disentanglement.{field}", minimum=1, integer=True)
   _one_of(config, "data.name", data_lib.DATASETS)
   expected_size = networks.IMAGE_SIZE[config.arch.name]
   if _get(config, "data.image_size") != expected_size:

@@ -1,14 +1,16 @@
-"""Probe accuracy over a whole split, sharded like training, each example counted once."""
+"""Evaluation: probe accuracy over a whole split (each example counted once, sharded like
+training) and disentanglement metrics on the codes."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from amr_jax import disentanglement
 from amr_jax import parallel
 from amr_jax.train_state import TrainState
 
@@ -39,3 +41,49 @@ def probe_accuracy(count: Callable, state: TrainState, mesh: Mesh, images: np.nd
     batch = parallel.global_batch(mesh, local)
     correct.append(count(state, batch["image"], batch["label"], batch["weight"]))
   return float(sum(parallel.to_host(c) for c in correct)) / total
+
+
+def make_encode(code_fn: Callable, mesh: Mesh) -> Callable:
+  """Jitted ``encode(state, images) -> codes`` (replicated), for metrics on the codes."""
+  return parallel.jit_data_parallel(code_fn, mesh, batch_args=(1,), num_args=2)
+
+
+def encode_all(encode: Callable, state: TrainState, mesh: Mesh, images: np.ndarray,
+               batch_size: int) -> np.ndarray:
+  """Codes of every image, batch by batch, the last batch padded (and the padding dropped)."""
+  total = len(images)
+  codes = []
+  for start in range(0, total, batch_size):
+    positions = np.minimum(np.arange(start, start + batch_size), total - 1)
+    rows = parallel.local_rows(batch_size)
+    batch = parallel.global_batch(mesh, {"image": images[positions[rows]]})
+    codes.append(parallel.to_host(encode(state, batch["image"]))[:total - start])
+  return np.concatenate(codes).reshape(total, -1)
+
+
+def disentanglement_scores(encode: Callable, state: TrainState, mesh: Mesh, render: Callable,
+                           factor_sizes: tuple[int, ...], settings: Any, batch_size: int,
+                           seed: int) -> dict[str, float]:
+  """FactorVAE, beta-VAE and the AMR authors' FactorVAE variant on the encoder's codes.
+
+  Args:
+    render: factor indices (N, F) -> images (N, H, W, C) in [-1, 1].
+    settings: ``config.disentanglement`` (num_votes, votes_batch, beta_vae_train,
+      beta_vae_eval, beta_vae_batch).
+  """
+  def represent(factors: np.ndarray) -> np.ndarray:
+    return encode_all(encode, state, mesh, render(factors), batch_size)
+
+  factor_vae = disentanglement.factor_vae_metric(
+      represent, factor_sizes, seed=seed, num_votes=settings.num_votes,
+      batch_size=settings.votes_batch)
+  authors = disentanglement.authors_factor_vae_metric(
+      represent, factor_sizes, seed=seed, num_votes=settings.num_votes,
+      batch_size=settings.votes_batch)
+  beta_vae = disentanglement.beta_vae_metric(
+      represent, factor_sizes, seed=seed, num_train=settings.beta_vae_train,
+      num_eval=settings.beta_vae_eval, batch_size=settings.beta_vae_batch)
+  return {"factor_vae_accuracy": float(factor_vae["factor_vae_accuracy"]),
+          "factor_vae_active_dims": float(factor_vae["num_active_dims"]),
+          "authors_factor_vae_accuracy": float(authors["authors_factor_vae_accuracy"]),
+          "beta_vae_accuracy": float(beta_vae["beta_vae_accuracy"])}

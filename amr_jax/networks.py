@@ -450,13 +450,18 @@ class MLPDecoder2D(nn.Module):
 class MLPDiscriminator2D(nn.Module):
   """MLP discriminator for 2-D points, every Dense spectrally normalised. (B, 2) -> (B,) logits.
 
-  ``depth`` x [SN Dense ``hidden``, LeakyReLU], then SN Dense 1. With ``num_attributes`` > 0 it
-  returns ``(logits (B,), attribute_logits (B, num_attributes))``, like the other
-  discriminators.
+  Multiplies its input by ``input_scale``, then ``depth`` x [SN Dense ``hidden``, LeakyReLU],
+  then SN Dense 1. Spectral norm makes D 1-Lipschitz in its input: on the spiral, whose turns
+  are ~0.36 apart, its logit could change by at most ~0.18 from a turn to the gap beside it.
+  ``input_scale`` raises that bound by its factor; in 6,000-step spiral runs (beta=0, two
+  seeds), 10 took the fraction of decoded mixes within 0.05 of the curve from ~0.62 to ~0.82.
+  With ``num_attributes`` > 0 it returns ``(logits (B,), attribute_logits (B, num_attributes))``,
+  like the other discriminators.
   """
   hidden: int = 64
   depth: int = 3
   leaky_slope: float = 0.01
+  input_scale: float = 10.0
   num_attributes: int = 0
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
@@ -464,6 +469,7 @@ class MLPDiscriminator2D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool):
     _check_points(x, "MLPDiscriminator2D")
+    x = x * self.input_scale
     sn = lambda layer, h: _spectral(layer, self.param_dtype)(h, update_stats=update_stats)
     dense = lambda features: nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype)
     for _ in range(self.depth):

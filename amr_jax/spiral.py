@@ -107,9 +107,13 @@ def mix_statistics(points: np.ndarray, tolerance: float = TOLERANCE) -> dict[str
           "fraction_within_tolerance": float(np.mean(distance <= tolerance))}
 
 
-@functools.partial(jax.jit, static_argnames=("k", "mixer"))
-def _mix_codes(key: jax.Array, codes: jax.Array, k: int, mixer: str) -> jax.Array:
-  """Random mixes of codes (N, ...) -> (N, ...), exactly as the train step draws them."""
+@functools.partial(jax.jit, static_argnames=("k", "mixer", "seed"))
+def _mix_codes(key: jax.Array | None, codes: jax.Array, k: int, mixer: str,
+               seed: int | None) -> jax.Array:
+  """Random mixes of codes (N, ...) -> (N, ...), exactly as the train step draws them. The key
+  is ``key``, or made here from ``seed`` when ``key`` is None."""
+  if key is None:
+    key = jax.random.key(seed)
   key_partners, key_mix = jax.random.split(key)
   mixed, _ = mixers.get(mixer)(key_mix, mixers.partners(key_partners, codes, k))
   return mixed
@@ -123,15 +127,16 @@ def _to_numpy(x) -> np.ndarray:
   return np.asarray(x)
 
 
-def evaluate_mixes(points, key: jax.Array, *, encode_fn: Callable[[jax.Array], jax.Array],
+def evaluate_mixes(points, key: jax.Array | int, *, encode_fn: Callable[[jax.Array], jax.Array],
                    decode_fn: Callable[[jax.Array], jax.Array], tolerance: float = TOLERANCE,
                    k: int = 2, mixer: str = "mixup") -> tuple[dict[str, float], np.ndarray]:
   """Decodes random mixes of the codes of ``points`` and measures how far they are from the curve.
 
   Args:
     points: (N, 2) data points (numpy, or a JAX array, e.g. replicated over a mesh).
-    key: JAX random key for the partners and mixing weights (a fixed key makes evaluations
-      comparable across steps).
+    key: JAX random key for the partners and mixing weights, or an int seed from which the key
+      is made inside the jitted mixing (then no host-local array enters it: use this in
+      multi-process runs). A fixed key makes evaluations comparable across steps.
     encode_fn: ``codes = encode_fn(points)``, (N, 2) -> (N, latent_dim); e.g. a jitted
       ``lambda x: nets.encoder.apply({"params": state.generator["encoder"]}, x)``.
     decode_fn: ``decode_fn(codes)`` (N, latent_dim) -> (N, 2) points in data space (apply
@@ -145,7 +150,11 @@ def evaluate_mixes(points, key: jax.Array, *, encode_fn: Callable[[jax.Array], j
     the decoded mixes, and the decoded mixes as numpy (N, 2) float32.
   """
   codes = encode_fn(points)
-  decoded = decode_fn(_mix_codes(key, codes, k=k, mixer=mixer))
+  if isinstance(key, (int, np.integer)):
+    mixed = _mix_codes(None, codes, k=k, mixer=mixer, seed=int(key))
+  else:
+    mixed = _mix_codes(key, codes, k=k, mixer=mixer, seed=None)
+  decoded = decode_fn(mixed)
   decoded = _to_numpy(decoded).astype(np.float32)
   if decoded.ndim != 2 or decoded.shape[1] != 2:
     raise ValueError(f"decode_fn must return points (N, 2); got shape {decoded.shape}")

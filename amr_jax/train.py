@@ -23,6 +23,7 @@ import tqdm
 from amr_jax import checkpointing
 from amr_jax import config as config_lib
 from amr_jax import data as data_lib
+from amr_jax.data import dsprites
 from amr_jax import evaluation
 from amr_jax import networks as networks_lib
 from amr_jax import parallel
@@ -124,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   dataset = data_lib.load(
       config.data.name, seed=config.seed, image_size=config.data.image_size,
       manual_dir=config.data.manual_dir, data_dir=config.data.data_dir,
-      num_valid=config.data.num_valid, num_train=config.data.num_train)
+      num_valid=config.data.num_valid, num_train=config.data.num_train,
+      attributes=tuple(config.data.attributes))
   nets = build_networks(config, dataset)
   optimizers = train_state_lib.make_optimizers(config.optim)
   mesh = parallel.make_mesh()
@@ -142,6 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   train_step = parallel.jit_data_parallel(
       lambda s, batch: step_fn(s, batch, jax.random.fold_in(train_key, s.step)), mesh,
       batch_args=(1,), num_args=2, donate_state=True)
+  encode = evaluation.make_encode(
+      lambda s, x: train_step_lib.code(nets, config, s.generator["encoder"], x), mesh)
   finite_parts = jax.jit(lambda s: {
       name: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(part)]))
       for name, part in vars(s).items() if name != "step"}, out_shardings=parallel.replicated(mesh))
@@ -185,12 +189,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                           dataset.valid.labels, config.eval_batch_size)
     test_acc = evaluation.probe_accuracy(count_correct, state, mesh, dataset.test.images,
                                          dataset.test.labels, config.eval_batch_size)
+    scores = {}
+    if dataset.train.factors is not None:  # ground-truth factors: disentanglement metrics
+      scores = evaluation.disentanglement_scores(
+          encode, state, mesh, lambda f: dsprites.LazyImages(f)[:], dsprites.FACTOR_SIZES,
+          config.disentanglement, config.eval_batch_size, seed=config.seed)
     if valid_acc > meta["best_valid_probe_acc"]:
       meta.update(best_valid_probe_acc=valid_acc, test_probe_acc_at_best=test_acc, best_step=step)
     pictures = pictures_fn(state, pictures_x)  # every process takes part; process 0 writes
     if is_main:
       visualize.save_pictures(os.path.join(workdir, "images"), step, parallel.to_host(pictures))
-    return {"valid_probe_acc": valid_acc, "test_probe_acc": test_acc, **meta}
+    return {"valid_probe_acc": valid_acc, "test_probe_acc": test_acc, **scores, **meta}
 
   # Metrics stay on device and are fetched in groups, so the host never waits on every step.
   pending: list[tuple[int, dict[str, jax.Array]]] = []

@@ -326,4 +326,13 @@ def generated_images(config: ml_collections.ConfigDict, nets: networks_lib.Netwo
   if config.mixer in ("bernoulli", "mixup_per_channel"):
     swap = jax.vmap(lambda a, b: mixers.interpolate_channels(a, b, num))(h1, h2)
     out["channel_interpolation"] = jax.vmap(decode)(swap)
+  if nets.class_mixer is not None:
+    # Supervised AMR: for each pair, the decoded mix for every combination of attribute values.
+    num_attributes = generator["mixer"]["Dense_0"]["kernel"].shape[0]
+    combos = jnp.asarray([[(c >> a) & 1 for a in range(num_attributes)]
+                          for c in range(2**num_attributes)], jnp.float32)  # (2^A, A)
+    mask = jax.nn.sigmoid(nets.class_mixer.apply({"params": generator["mixer"]}, combos))
+    mask = mask.reshape((mask.shape[0],) + (1,) * (h.ndim - 2) + (mask.shape[-1],))
+    mixes = jax.vmap(lambda a, b: mask * a[None] + (1.0 - mask) * b[None])(h1, h2)
+    out["attribute_mixes"] = jax.vmap(decode)(mixes)  # (n-1, 2^A, H, W, C)
   return out

@@ -45,6 +45,8 @@ def save_pictures(directory: str, step: int, pictures: dict[str, np.ndarray]) ->
   - ``step_XXXXXXX_interpolation.png``: for each pair, a strip of decoded latent interpolations
     (mixup: alpha 0 -> 1), then channel swaps where the mixer swaps channels, then the
     pixel-space interpolation as a reference row.
+  - ``step_XXXXXXX_attribute_mixes.png`` (supervised AMR): per pair, both inputs and the decoded
+    learned mix for every combination of attribute values.
   Returns the paths written.
   """
   grid = tile([pictures[k] for k in ("inputs", "reconstructions", "partners", "mixes")])
@@ -58,4 +60,11 @@ def save_pictures(directory: str, step: int, pictures: dict[str, np.ndarray]) ->
       strips.append(pictures["channel_interpolation"][pair])
     strips.append(pictures["pixel_interpolation"][pair])
   save_png(paths[1], tile(strips))
+  if "attribute_mixes" in pictures:
+    # Per pair: the two inputs, then the decoded mix for each attribute combination (in the
+    # binary order of the combination's index: attribute 0 is the lowest bit).
+    rows = [np.concatenate([pictures["inputs"][i:i + 2], mixes])
+            for i, mixes in enumerate(pictures["attribute_mixes"])]
+    paths.append(os.path.join(directory, f"step_{step:07d}_attribute_mixes.png"))
+    save_png(paths[-1], tile(rows))
   return paths

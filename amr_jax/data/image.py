@@ -1,8 +1,10 @@
-"""Image helpers for the input pipeline: scaling to [-1, 1] and batched bilinear resizing.
+"""Image helpers for the input pipeline: scaling to [-1, 1], cropping, batched bilinear resizing.
 
 Pure numpy, so loading a dataset never compiles anything. :func:`resize_bilinear` computes the
 same linear map as ``jax.image.resize(..., method="bilinear")`` (half-pixel centres, triangle
 kernel, widened to anti-alias when shrinking), as two small matrix products per batch.
+:class:`LazyUint8Images` keeps a large dataset's images as uint8 (a quarter of float32) and
+scales them to [-1, 1] only when indexed.
 """
 
 from __future__ import annotations
@@ -11,12 +13,32 @@ import functools
 
 import numpy as np
 
-__all__ = ["uint8_to_unit_range", "resize_bilinear"]
+__all__ = ["uint8_to_unit_range", "center_crop", "resize_bilinear", "to_uint8",
+           "LazyUint8Images"]
 
 
 def uint8_to_unit_range(images: np.ndarray) -> np.ndarray:
   """Maps pixel values 0..255 to float32 in [-1, 1] (``x / 127.5 - 1``); any shape."""
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def center_crop(images: np.ndarray, height: int, width: int) -> np.ndarray:
+  """The central ``height x width`` window of (N, H, W, C) images (a view, no copy).
+
+  When the margin is odd, the extra pixel is left at the bottom / right.
+  """
+  _, h, w, _ = images.shape
+  if not (0 < height <= h and 0 < width <= w):
+    raise ValueError(f"cannot crop {height}x{width} from {h}x{w} images")
+  top, left = (h - height) // 2, (w - width) // 2
+  return images[:, top:top + height, left:left + width]
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+  """Rounds values in [0, 255] (e.g. resized uint8 images) to the nearest uint8, clipping."""
+  x = np.rint(values)
+  np.clip(x, 0, 255, out=x)
+  return x.astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=16)
@@ -72,3 +94,49 @@ def resize_bilinear(images: np.ndarray, size: int, *, chunk: int = 8192) -> np.n
     x = np.einsum("oh,nhwc->nowc", rows, x, optimize=True)
     out[start:start + chunk] = np.einsum("pw,nowc->nopc", cols, x, optimize=True)
   return out
+
+
+class LazyUint8Images:
+  """uint8 images held as they are, scaled to float32 in [-1, 1] only when indexed.
+
+  Stands in for the (N, H, W, C) float32 array ``uint8_to_unit_range(pixels)`` where the
+  pipeline indexes one: ``images[int_array]``, ``images[slice]``, ``images[int]``,
+  ``images.shape``, ``len(images)``, ``np.asarray(images)`` (converts everything). Each index
+  gives a new float32 array; ``pixels`` is kept (not copied) and must not change.
+  """
+
+  dtype = np.dtype(np.float32)
+
+  def __init__(self, pixels: np.ndarray):
+    """``pixels``: (N, H, W, C) uint8."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 4:
+      raise ValueError(f"pixels must be (N, H, W, C) uint8; got {pixels.dtype} {pixels.shape}")
+    self.pixels = pixels
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.pixels.shape
+
+  @property
+  def ndim(self) -> int:
+    return self.pixels.ndim
+
+  def __len__(self) -> int:
+    return len(self.pixels)
+
+  def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+    """(n, H, W, C) float32 for an index array or slice, (H, W, C) for an int."""
+    if not isinstance(key, (int, np.integer, slice)):
+      key = np.asarray(key)
+      if key.dtype == bool or not np.issubdtype(key.dtype, np.integer):
+        raise TypeError(f"LazyUint8Images takes an int, a slice or an int array; got "
+                        f"{key.dtype}")
+    return uint8_to_unit_range(self.pixels[key])
+
+  def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+    del copy  # Always a new array.
+    x = self[:]
+    return x if dtype is None else x.astype(dtype)
+
+  def __repr__(self) -> str:
+    return f"LazyUint8Images(shape={self.shape}, dtype=float32, stored as uint8)"

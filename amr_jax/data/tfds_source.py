@@ -15,13 +15,13 @@ import importlib.util
 import os
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import numpy as np
 
 __all__ = ["import_tfds", "builder", "default_data_dir", "missing_manual_files", "prepare",
-           "read_split"]
+           "num_examples", "read_split"]
 
 _READ_CHUNK = 8192
 
@@ -83,31 +83,97 @@ def prepare(dataset_builder: Any, manual_dir: str, data_root: str) -> None:
                                          file_format="array_record")
 
 
-def read_split(dataset_builder: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a whole split into memory.
+def num_examples(dataset_builder: Any, split: str) -> int:
+  """Number of examples in a split of a prepared dataset."""
+  try:
+    return len(dataset_builder.as_data_source(split=split))
+  except NotImplementedError:  # Prepared as tfrecord.
+    return int(dataset_builder.info.splits[split].num_examples)
+
+
+def _nth(batch: Any, i: int) -> Any:
+  """Example ``i`` of a batched (nested dict of arrays) example."""
+  if isinstance(batch, dict):
+    return {k: _nth(v, i) for k, v in batch.items()}
+  return batch[i]
+
+
+def read_split(dataset_builder: Any, split: str, *, indices: np.ndarray | None = None,
+               targets: Callable[[dict[str, Any]], Any] | None = None,
+               transform: Callable[[np.ndarray], np.ndarray] | None = None,
+               chunk: int = _READ_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole split, or some of its examples, into memory.
+
+  Args:
+    dataset_builder: a prepared builder with an 'image' feature.
+    split: the split's name.
+    indices: positions in the split of the examples to read (distinct ints), in the order they
+      are wanted; None reads all of them, in order.
+    targets: maps one decoded example (a dict) to its target; default ``ex["label"]``.
+    transform: maps a chunk of decoded images (n, H, W, C) uint8 to what is kept of them
+      ((n, ...) any dtype, e.g. cropped and resized), so that the full-size images of a large
+      split never all exist at once; default keeps them as they are.
+    chunk: examples decoded at once (bounds the memory of a chunk of full-size images).
 
   Returns:
-    images: (N, H, W, C) uint8.
-    labels: (N,) int64.
+    images: (N, H, W, C) uint8, or what ``transform`` makes of them.
+    targets: (N, ...) as ``targets`` gives them; by default the labels, (N,) int64.
   """
+  targets = targets or (lambda ex: ex["label"])
+  transform = transform or (lambda x: x)
   try:
     # array_record: random access, decoded by PIL, no TensorFlow needed.
     source = dataset_builder.as_data_source(split=split)
   except NotImplementedError:
     # Prepared as tfrecord (the format `tfds build` writes by default): read through tf.data.
-    tfds = import_tfds()
-    arrays = tfds.as_numpy(dataset_builder.as_dataset(split=split, batch_size=-1))
-    return np.asarray(arrays["image"]), np.asarray(arrays["label"])
-  num = len(source)
+    source = None
+  num = len(source) if source is not None else num_examples(dataset_builder, split)
   if num == 0:
     raise ValueError(f"split {split!r} of {dataset_builder.name!r} is empty")
-  first = np.asarray(source[0]["image"])
-  images = np.empty((num,) + first.shape, dtype=first.dtype)
-  labels = np.empty((num,), dtype=np.int64)
-  # Decoding in chunks keeps the per-example dicts from piling up for a whole split.
-  for start in range(0, num, _READ_CHUNK):
-    keys = list(range(start, min(start + _READ_CHUNK, num)))
-    for i, ex in zip(keys, source.__getitems__(keys)):
-      images[i] = ex["image"]
-      labels[i] = ex["label"]
-  return images, labels
+  if indices is None:
+    indices = np.arange(num)
+  indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+  if indices.size and (indices.min() < 0 or indices.max() >= num):
+    raise IndexError(f"indices must be in [0, {num}) for split {split!r} of "
+                     f"{dataset_builder.name!r}; got [{indices.min()}, {indices.max()}]")
+  if len(np.unique(indices)) != len(indices):
+    raise ValueError("indices must be distinct")
+  # Read in the split's order (sequential reads), and put each example where it is wanted.
+  where = np.argsort(indices, kind="stable")
+  wanted = indices[where]
+  if not len(wanted):
+    # Nothing to read, but the result still needs the shapes: process example 0 and drop it.
+    images, values = read_split(dataset_builder, split, indices=np.array([0]), targets=targets,
+                                transform=transform, chunk=chunk)
+    return images[:0], values[:0]
+
+  out_images = out_targets = None
+
+  def store(positions: np.ndarray, examples: list[dict[str, Any]]) -> None:
+    nonlocal out_images, out_targets
+    x = np.asarray(transform(np.stack([np.asarray(ex["image"]) for ex in examples])))
+    y = np.stack([np.asarray(targets(ex)) for ex in examples])
+    if out_images is None:
+      out_images = np.empty((len(wanted),) + x.shape[1:], x.dtype)
+      out_targets = np.empty((len(wanted),) + y.shape[1:], y.dtype)
+    out_images[positions] = x
+    out_targets[positions] = y
+
+  if source is not None:
+    for start in range(0, len(wanted), chunk):
+      keys = wanted[start:start + chunk]
+      store(where[start:start + chunk], source.__getitems__([int(k) for k in keys]))
+  else:
+    tfds = import_tfds()
+    # Stream the split in batches and keep the wanted examples (tfrecord has no random access).
+    done, seen = 0, 0
+    for batch in tfds.as_numpy(dataset_builder.as_dataset(split=split, batch_size=chunk)):
+      size = len(batch["image"])
+      # The wanted positions within this batch: wanted[done:stop] (wanted is sorted).
+      stop = int(np.searchsorted(wanted, seen + size))
+      if stop > done:
+        store(where[done:stop], [_nth(batch, int(k - seen)) for k in wanted[done:stop]])
+      done, seen = stop, seen + size
+      if done == len(wanted):
+        break
+  return out_images, out_targets

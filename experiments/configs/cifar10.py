@@ -1,15 +1,13 @@
-"""CIFAR10, dim 256 (Table 3): AMR with mixup, lamb 50.
+"""CIFAR10: the paper's rows as named variants (see experiments/configs/paper_rows.py).
 
-Dim 1024: --config.arch.latent_channels=64.
+  python -m amr_jax.main --config=experiments/configs/cifar10.py:mixup --workdir=runs/cifar10
+
+Rows (Table 3): dim=256 (default) or dim=1024; ae_gan, mixup (default), bern, mixup_k3,
+mixup_k4, mixup_k6, mixup_k8, acai.
 """
 
-from amr_jax.config import base_config
+from experiments.configs import paper_rows
 
 
-def get_config():
-  config = base_config()
-  config.data.name = "cifar10"
-  config.arch.latent_channels = 16
-  config.lamb = 50.0
-  config.num_train_steps = 40_000 * 100 // 64
-  return config
+def get_config(arg: str | None = None):
+  return paper_rows.row_config("cifar10", arg, default_dim=256)

@@ -15,9 +15,9 @@ def get_config():
   config.batch_size = 64
   config.g_every = 1  # few steps: let the generator learn on every one
   config.optim.probe_lr = 1e-3  # a short run: let the probe catch up with the codes quickly
-  config.num_train_steps = 1_500
+  config.num_train_steps = 1_000
   config.log_every = 50
-  config.eval_every = 500
-  config.checkpoint_every = 500
+  config.eval_every = 250
+  config.checkpoint_every = 250
   config.eval_batch_size = 100
   return config

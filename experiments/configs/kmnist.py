@@ -1,11 +1,12 @@
-"""KMNIST, dim 32 (Table 1): AMR with mixup, lamb 10."""
+"""KMNIST: the paper's rows as named variants (see experiments/configs/paper_rows.py).
 
-from amr_jax.config import base_config
+  python -m amr_jax.main --config=experiments/configs/kmnist.py:mixup --workdir=runs/kmnist
+
+Rows (Table 1, dim 32): ae_gan, mixup (default), bern, mixup_k3, acai.
+"""
+
+from experiments.configs import paper_rows
 
 
-def get_config():
-  config = base_config()
-  config.data.name = "kmnist"
-  config.lamb = 10.0
-  config.num_train_steps = 50_000 * 100 // 64
-  return config
+def get_config(arg: str | None = None):
+  return paper_rows.row_config("kmnist", arg, default_dim=32)

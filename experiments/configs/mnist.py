@@ -1,18 +1,13 @@
-"""MNIST, dim 32 (Table 1): AMR with mixup, lamb 10.
+"""MNIST: the paper's rows as named variants (see experiments/configs/paper_rows.py).
 
-  python -m amr_jax.main --config=experiments/configs/mnist.py --workdir=runs/mnist \
-      --config.data.manual_dir=../shared/data/mnist
+  python -m amr_jax.main --config=experiments/configs/mnist.py:mixup --workdir=runs/mnist
 
-Rows of Table 1 by overrides: --config.model=ae_gan --config.lamb=5 (AE+GAN);
---config.mixer=bernoulli (Bern); --config.k=3 --config.lamb=20 (mixup k=3).
+Rows (Table 1, dim 32): ae_gan, mixup (default), bern, mixup_k3, acai. Real MNIST builds offline
+from its four original files: --config.data.manual_dir=DIR.
 """
 
-from amr_jax.config import base_config
+from experiments.configs import paper_rows
 
 
-def get_config():
-  config = base_config()
-  config.data.name = "mnist"
-  config.lamb = 10.0
-  config.num_train_steps = 50_000 * 100 // 64  # about 100 epochs of 50k images
-  return config
+def get_config(arg: str | None = None):
+  return paper_rows.row_config("mnist", arg, default_dim=32)

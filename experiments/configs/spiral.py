@@ -56,9 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.lr = 1e-3
   config.optim.probe_lr = 1e-3
   config.batch_size = 128
-  config.num_train_steps = 3_000
+  config.num_train_steps = 6_000
   config.log_every = 100
-  config.eval_every = 500
-  config.checkpoint_every = 1_000
+  config.eval_every = 1_000
+  config.checkpoint_every = 2_000
   config.eval_batch_size = 500
   return config

@@ -1,15 +1,13 @@
-"""SVHN (cropped, no 'extra'), dim 32 (Table 1): AMR with mixup, lamb 10.
+"""SVHN: the paper's rows as named variants (see experiments/configs/paper_rows.py).
 
-Dim 256 (Table 3): --config.arch.latent_channels=16 --config.lamb=5.
-Training-set ablation (Table 2): --config.data.num_train=1000 (5000, 10000, 20000).
+  python -m amr_jax.main --config=experiments/configs/svhn.py:mixup --workdir=runs/svhn
+
+Rows: Table 1 (dim 32): ae_gan, mixup (default), bern, mixup_k3, acai; Table 2 adds
+train=1000|5000|10000|20000; Table 3: dim=256 with mixup_k4, mixup_k6, mixup_k8 too.
 """
 
-from amr_jax.config import base_config
+from experiments.configs import paper_rows
 
 
-def get_config():
-  config = base_config()
-  config.data.name = "svhn_cropped"
-  config.lamb = 10.0
-  config.num_train_steps = 66_000 * 100 // 64
-  return config
+def get_config(arg: str | None = None):
+  return paper_rows.row_config("svhn", arg, default_dim=32)

@@ -1,0 +1,21 @@
+"""A tiny dSprites config for tests: a few steps and cheap disentanglement metrics."""
+
+from experiments.configs import dsprites
+
+
+def get_config(arg: str | None = None):
+  config = dsprites.get_config(arg or "mixup")
+  config.batch_size = 8
+  config.g_every = 2
+  config.num_train_steps = 2
+  config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.eval_batch_size = 64
+  config.num_pictures = 3
+  config.data.num_valid = 64
+  config.data.num_train = 256
+  config.disentanglement.num_votes = 10
+  config.disentanglement.votes_batch = 8
+  config.disentanglement.beta_vae_train = 20
+  config.disentanglement.beta_vae_eval = 10
+  config.disentanglement.beta_vae_batch = 4
+  return config
