@@ -197,7 +197,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if check_data:
     try:
       data_lib.check_available(config.data.name, manual_dir=config.data.manual_dir,
-                               data_dir=config.data.data_dir)
+                               data_dir=config.data.data_dir,
+                               attributes=tuple(config.data.attributes))
     except ValueError as e:
       raise ConfigError(str(e)) from None
 

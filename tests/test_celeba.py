@@ -42,12 +42,12 @@ def test_load_celeb_a(mock_tfds, tmp_path):
   want_attrs = [[ex["attributes"][a] for a in ATTRS] for ex in raw_test]
   np.testing.assert_array_equal(ds.test.attributes, np.array(want_attrs, np.float32))
   # Central 178x178 square (rows 20..197), bilinear resize (jax's, as an independent
-  # reference), rounded to uint8: within one uint8 step of [-1, 1] (2 / 255).
+  # reference), kept as uint8 (Pillow rounds twice: within 1.5 uint8 steps).
   raw = np.stack([ex["image"] for ex in raw_test])
   assert raw.shape == (20, 218, 178, 3)
   want = jax.image.resize(raw[:, 20:198].astype(np.float32), (20, 32, 32, 3), "bilinear")
   np.testing.assert_allclose(np.asarray(ds.test.images), np.asarray(want) / 127.5 - 1,
-                             atol=1.01 / 127.5)
+                             atol=1.5 / 127.5)
 
 
 def test_celeb_a_caps_seed_and_size(mock_tfds, tmp_path):
@@ -123,6 +123,19 @@ def test_read_split_tfrecord_path(mock_tfds, tmp_path, monkeypatch):
   assert everything[0].shape == (20, 2, 2, 3) and everything[1].shape == (20, 2)
   for got, want in zip(some, everything):
     np.testing.assert_array_equal(got, want[[17, 2, 9, 8]])
+
+
+@pytest.mark.parametrize("shape,size", [((3, 178, 178, 3), 64), ((2, 8, 6, 1), 20)])
+def test_resize_bilinear_uint8_is_resize_bilinear_rounded(shape, size):
+  # Smooth images (as photos are), where Pillow's two roundings are rarely both one way.
+  low = np.random.default_rng(0).uniform(0, 255, (shape[0], 4, 4, shape[-1]))
+  x = np.clip(image_lib.resize_bilinear(low, shape[1]), 0, 255)[:, :, :shape[2]]
+  x = np.rint(x).astype(np.uint8)
+  got = image_lib.resize_bilinear_uint8(x, size)
+  want = image_lib.resize_bilinear(x, size)
+  assert got.shape == (shape[0], size, size, shape[-1]) and got.dtype == np.uint8
+  diff = np.abs(got - want)
+  assert diff.max() <= 1.0 and diff.mean() < 0.35  # Rounding alone: mean 0.25.
 
 
 def test_lazy_uint8_images():

@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["uint8_to_unit_range", "center_crop", "resize_bilinear", "to_uint8",
+__all__ = ["uint8_to_unit_range", "center_crop", "resize_bilinear", "resize_bilinear_uint8",
            "LazyUint8Images"]
 
 
@@ -34,11 +34,32 @@ def center_crop(images: np.ndarray, height: int, width: int) -> np.ndarray:
   return images[:, top:top + height, left:left + width]
 
 
-def to_uint8(values: np.ndarray) -> np.ndarray:
-  """Rounds values in [0, 255] (e.g. resized uint8 images) to the nearest uint8, clipping."""
-  x = np.rint(values)
-  np.clip(x, 0, 255, out=x)
-  return x.astype(np.uint8)
+def resize_bilinear_uint8(images: np.ndarray, size: int) -> np.ndarray:
+  """Resizes uint8 images to ``size x size`` with Pillow's bilinear filter, staying uint8.
+
+  The same map as :func:`resize_bilinear` (anti-aliased triangle kernel, half-pixel centres),
+  but Pillow rounds to uint8 after each of its two passes, so values can differ from
+  :func:`resize_bilinear`'s, rounded, by one step; in exchange it is several times
+  faster (about 0.2 ms instead of 2 ms for a 178x178 RGB image), which matters for the 200k
+  images of CelebA.
+
+  Args:
+    images: (N, H, W, C) uint8 with C in (1, 3).
+    size: output height and width.
+
+  Returns:
+    (N, size, size, C) uint8.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"images must be (N, H, W, 1 or 3) uint8; got {images.dtype} "
+                     f"{images.shape}")
+  out = np.empty((len(images), size, size, images.shape[-1]), np.uint8)
+  for i, x in enumerate(images):
+    pil = Image.fromarray(np.ascontiguousarray(x if x.shape[-1] == 3 else x[..., 0]))
+    out[i] = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR)).reshape(
+        size, size, -1)
+  return out
 
 
 @functools.lru_cache(maxsize=16)
