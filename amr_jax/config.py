@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field with the authors' defaults (reference.md); configs override what they change."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.num_seeds = 1  # > 1: seeds seed, seed+1, ... train side by side in one jitted step
   # Method: 'amr' mixes codes with `mixer` over `k` sources; 'ae_gan' is the no-mixing baseline.
   config.model = "amr"
   config.mixer = "mixup"
@@ -80,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.manual_dir = ""  # folder with the dataset's original files, to build it offline
   config.data.data_dir = ""  # TFDS data_dir ('' = TFDS default)
   config.data.image_size = 32
+  config.data.split_seed = 0  # the train/validation split: the same for every training seed
   config.data.num_valid = -1  # -1 = the dataset's default validation size
   config.data.num_train = -1  # -1 = all; else cap the training set (SVHN 1k/5k/... ablation)
   config.data.attributes = ()  # celeb_a: the binary attributes supervised AMR conditions on
@@ -156,6 +158,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _one_of(config, "consistency_loss", ("l1", "l2"))
   _one_of(config, "gan_loss", losses.GAN)
   _number(config, "seed", minimum=0, integer=True)
+  _number(config, "num_seeds", minimum=1, integer=True)
+  _number(config, "data.split_seed", minimum=0, integer=True)
   _number(config, "batch_size", minimum=1, integer=True)
   _number(config, "num_train_steps", minimum=1, integer=True)
   for field in ("log_every", "eval_every", "checkpoint_every"):
@@ -181,6 +185,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   for field in ("num_votes", "votes_batch", "beta_vae_train", "beta_vae_eval", "beta_vae_batch"):
     _number(config, f"disentanglement.{field}", minimum=1, integer=True)
   _one_of(config, "data.name", data_lib.DATASETS)
+  if (config.data.name == "spiral") != (config.arch.name == "mlp2d"):
+    _fail("arch.name", config.arch.name, "'mlp2d' exactly when data.name='spiral'")
   expected_size = networks.IMAGE_SIZE[config.arch.name]
   if _get(config, "data.image_size") != expected_size:
     _fail("data.image_size", config.data.image_size,
@@ -205,7 +211,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
 
 # Fields that change the shapes of the parameters: a workdir's checkpoints only fit a config that
 # agrees with the saved one on all of them.
-SHAPE_FIELDS = ("model", "supervised.enabled", "arch.name", "arch.width", "arch.latent_channels",
+SHAPE_FIELDS = ("model", "num_seeds", "supervised.enabled", "arch.name", "arch.width", "arch.latent_channels",
                 "arch.latent_dim",
                 "arch.instance_norm", "data.name", "data.image_size")
 

@@ -15,20 +15,25 @@ from amr_jax import parallel
 from amr_jax.train_state import TrainState
 
 
-def make_correct_count(probe_logits: Callable, mesh: Mesh) -> Callable:
-  """Jitted ``count(state, images, labels, weights) -> number of correct weighted examples``."""
+def make_correct_count(probe_logits: Callable, mesh: Mesh, *, seeds_axis: bool = False
+                       ) -> Callable:
+  """Jitted ``count(state, images, labels, weights) -> number of correct weighted examples``;
+  with ``seeds_axis`` the state has a leading seeds axis and so has the count."""
 
   def count(state: TrainState, images: jax.Array, labels: jax.Array, weights: jax.Array):
     correct = jnp.argmax(probe_logits(state, images), -1) == labels
     return jnp.sum(correct * weights)
 
+  if seeds_axis:
+    count = jax.vmap(count, in_axes=(0, None, None, None))
   return parallel.jit_data_parallel(count, mesh, batch_args=(1, 2, 3), num_args=4)
 
 
 def probe_accuracy(count: Callable, state: TrainState, mesh: Mesh, images: np.ndarray,
-                   labels: np.ndarray, batch_size: int) -> float:
-  """Accuracy of the probe on (images, labels). The last batch is padded with weight-0 rows, so
-  every example counts exactly once whatever the number of devices and processes."""
+                   labels: np.ndarray, batch_size: int) -> np.ndarray:
+  """Accuracy of the probe on (images, labels): shape () or (seeds,) as ``count`` returns. The
+  last batch is padded with weight-0 rows, so every example counts exactly once whatever the
+  number of devices and processes."""
   total = len(labels)
   correct = []
   for start in range(0, total, batch_size):
@@ -40,7 +45,7 @@ def probe_accuracy(count: Callable, state: TrainState, mesh: Mesh, images: np.nd
              "weight": weights[rows]}
     batch = parallel.global_batch(mesh, local)
     correct.append(count(state, batch["image"], batch["label"], batch["weight"]))
-  return float(sum(parallel.to_host(c) for c in correct)) / total
+  return np.sum([parallel.to_host(c) for c in correct], axis=0) / total
 
 
 def make_encode(code_fn: Callable, mesh: Mesh) -> Callable:

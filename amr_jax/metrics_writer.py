@@ -41,7 +41,8 @@ class MetricsWriter:
     if self._summary is not None:
       with self._summary.as_default(step=step):
         for name, value in metrics.items():
-          self._tf.summary.scalar(name, value)
+          if isinstance(value, (int, float)):  # per-seed lists stay in metrics.jsonl
+            self._tf.summary.scalar(name, value)
       self._summary.flush()
 
   def close(self) -> None:

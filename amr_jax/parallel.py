@@ -51,8 +51,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+def batch_sharded(mesh: Mesh, *, seeds_axis: bool = False) -> NamedSharding:
+  return NamedSharding(mesh, P(None, DATA_AXIS) if seeds_axis else P(DATA_AXIS))
 
 
 def local_rows(global_batch_size: int) -> slice:
@@ -62,9 +62,11 @@ def local_rows(global_batch_size: int) -> slice:
   return slice(start, start + per_process)
 
 
-def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """Assembles the global batch from each process's rows (see ``local_rows``)."""
-  sharding = batch_sharded(mesh)
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray], *, seeds_axis: bool = False
+                 ) -> dict[str, jax.Array]:
+  """Assembles the global batch from each process's rows (see ``local_rows``). With
+  ``seeds_axis`` the arrays are (seeds, rows, ...) and the rows are the split axis."""
+  sharding = batch_sharded(mesh, seeds_axis=seeds_axis)
   return {name: jax.make_array_from_process_local_data(sharding, value)
           for name, value in local.items()}
 
@@ -76,11 +78,12 @@ def replicate(mesh: Mesh, value: np.ndarray) -> jax.Array:
 
 
 def jit_data_parallel(fn: Callable, mesh: Mesh, *, batch_args: tuple[int, ...],
-                      num_args: int, donate_state: bool = False) -> Callable:
+                      num_args: int, donate_state: bool = False,
+                      seeds_axis: bool = False) -> Callable:
   """``jax.jit`` of ``fn`` with arguments in ``batch_args`` sharded over 'data' and everything
   else (the state, keys) and every output replicated."""
-  in_shardings = tuple(batch_sharded(mesh) if i in batch_args else replicated(mesh)
-                       for i in range(num_args))
+  in_shardings = tuple(batch_sharded(mesh, seeds_axis=seeds_axis) if i in batch_args
+                       else replicated(mesh) for i in range(num_args))
   return jax.jit(fn, in_shardings=in_shardings, out_shardings=replicated(mesh),
                  donate_argnums=(0,) if donate_state else ())
 

@@ -27,6 +27,7 @@ from amr_jax.data import dsprites
 from amr_jax import evaluation
 from amr_jax import networks as networks_lib
 from amr_jax import parallel
+from amr_jax import spiral
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
 from amr_jax import visualize
@@ -107,54 +108,95 @@ def _first_non_finite(history: list[tuple[int, dict[str, np.ndarray]]]) -> str |
   for step, metrics in history:
     for name, value in metrics.items():
       if not np.all(np.isfinite(value)):
-        return f"non-finite loss at step {step}: {name}={float(value)}"
+        return f"non-finite loss at step {step}: {name}={np.asarray(value).tolist()}"
   return None
+
+
+def _summarise(per_seed: dict[str, list]) -> dict[str, Any]:
+  """Per-seed lists -> plain values for one seed; for several, the mean under the plain name
+  and the list under NAME_per_seed."""
+  out = {}
+  for name, values in per_seed.items():
+    if len(values) == 1:
+      out[name] = values[0]
+    else:
+      out[name] = float(np.mean(values))
+      out[f"{name}_per_seed"] = values
+  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> tuple[train_state_lib.TrainState, dict[str, Any]]:
   """Trains and evaluates AMR as configured; resumes from ``workdir`` if it holds a run.
 
+  With ``config.num_seeds`` > 1, seeds ``seed, seed + 1, ...`` train side by side in one jitted
+  step (``vmap`` over a leading seeds axis of the train state), each with its own parameters,
+  random draws and batch order; every state leaf then has that leading axis.
+
   Returns the final train state and a summary: last step, best validation probe accuracy, the
-  test accuracy at that point and the step it was reached.
+  test accuracy at that point and the step it was reached (lists, one per seed, when
+  num_seeds > 1).
   """
   config_lib.validate(config)
   check_workdir(config, workdir)
   is_main = jax.process_index() == 0
 
   dataset = data_lib.load(
-      config.data.name, seed=config.seed, image_size=config.data.image_size,
+      config.data.name, seed=config.data.split_seed, image_size=config.data.image_size,
       manual_dir=config.data.manual_dir, data_dir=config.data.data_dir,
       num_valid=config.data.num_valid, num_train=config.data.num_train,
       attributes=tuple(config.data.attributes))
   nets = build_networks(config, dataset)
   optimizers = train_state_lib.make_optimizers(config.optim)
   mesh = parallel.make_mesh()
-  rng = jax.random.key(config.seed)
   image_shape = dataset.train.images.shape[1:]
+  seeds = [config.seed + i for i in range(config.num_seeds)]
+  multi = len(seeds) > 1
+
+  def per_seed(fn, in_axes=0):
+    """``fn`` over the seeds axis (vmap) when several seeds train side by side."""
+    return jax.vmap(fn, in_axes=in_axes) if multi else fn
 
   # Keys are derived inside the jitted functions (from the seed and the state's step), so every
   # process computes the same ones and no host-local array enters a multi-process computation.
-  state = jax.jit(
-      lambda: train_state_lib.create(nets, optimizers, jax.random.fold_in(rng, _INIT), image_shape,
-                                     latent_shape(config), num_attributes(config, dataset)),
-      out_shardings=parallel.replicated(mesh))()
+  def seed_keys():
+    return jax.vmap(jax.random.key)(jnp.asarray(seeds)) if multi else jax.random.key(seeds[0])
+
+  state = jax.jit(lambda: per_seed(lambda rng: train_state_lib.create(
+      nets, optimizers, jax.random.fold_in(rng, _INIT), image_shape, latent_shape(config),
+      num_attributes(config, dataset)))(seed_keys()), out_shardings=parallel.replicated(mesh))()
   step_fn = train_step_lib.make_train_step(config, nets, optimizers)
-  train_key = jax.random.fold_in(rng, _TRAIN)
-  train_step = parallel.jit_data_parallel(
-      lambda s, batch: step_fn(s, batch, jax.random.fold_in(train_key, s.step)), mesh,
-      batch_args=(1,), num_args=2, donate_state=True)
+
+  def seeded_step(s, batch):
+    return per_seed(lambda s1, b1, rng: step_fn(
+        s1, b1, jax.random.fold_in(jax.random.fold_in(rng, _TRAIN), s1.step)))(
+            s, batch, seed_keys())
+
+  train_step = parallel.jit_data_parallel(seeded_step, mesh, batch_args=(1,), num_args=2,
+                                          donate_state=True, seeds_axis=multi)
+  # One seed's state out of the stack (pictures and disentanglement metrics are per seed).
+  select = jax.jit(lambda s, i: jax.tree.map(lambda a: a[i], s) if multi else s,
+                   static_argnums=1, out_shardings=parallel.replicated(mesh))
   encode = evaluation.make_encode(
       lambda s, x: train_step_lib.code(nets, config, s.generator["encoder"], x), mesh)
   finite_parts = jax.jit(lambda s: {
       name: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(part)]))
       for name, part in vars(s).items() if name != "step"}, out_shardings=parallel.replicated(mesh))
   count_correct = evaluation.make_correct_count(
-      train_step_lib.make_probe_logits(nets, config), mesh)
+      train_step_lib.make_probe_logits(nets, config), mesh, seeds_axis=multi)
   pictures_fn = jax.jit(
-      lambda s, x: train_step_lib.generated_images(config, nets, s, x,
-                                                   jax.random.fold_in(rng, _PICTURES)),
+      lambda s, x: train_step_lib.generated_images(
+          config, nets, s, x, jax.random.fold_in(jax.random.key(seeds[0]), _PICTURES)),
       out_shardings=parallel.replicated(mesh))
+  if config.data.name == "spiral":  # the appendix toy: decoded mixes measured against the curve
+    spiral_host = dataset.train.images[:spiral.NUM_MIX_POINTS]
+    spiral_points = parallel.replicate(mesh, spiral_host)
+    spiral_encode = jax.jit(
+        lambda s, x: train_step_lib.code(nets, config, s.generator["encoder"], x),
+        out_shardings=parallel.replicated(mesh))
+    spiral_decode = jax.jit(lambda s, h: train_step_lib.to_image(
+        nets.decoder.apply({"params": s.generator["decoder"]}, h), config.recon_loss),
+        out_shardings=parallel.replicated(mesh))
 
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -164,7 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       f.write(config.to_json_best_effort(indent=2))
     os.replace(path + ".tmp", path)
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  meta = {"best_valid_probe_acc": -1.0, "test_probe_acc_at_best": -1.0, "best_step": -1}
+  # The best validation accuracy so far, per seed, and the test accuracy and step there.
+  meta = {"best_valid_probe_acc": [-1.0] * len(seeds),
+          "test_probe_acc_at_best": [-1.0] * len(seeds), "best_step": [-1] * len(seeds)}
   restored = checkpointer.restore_latest(state)
   start_step = 0
   if restored is not None:
@@ -178,28 +222,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   pictures_x = parallel.replicate(mesh, dataset.valid.images[:config.num_pictures])
 
   def local_batch(step: int) -> dict[str, np.ndarray]:
-    idx = data_lib.batch_indices(config.seed, step, len(train.labels), config.batch_size)[rows]
-    batch = {"image": train.images[idx], "label": train.labels[idx]}
-    if config.supervised.enabled:
-      batch["attributes"] = train.attributes[idx]
-    return batch
+    """This process's rows of the batch at ``step``: each seed has its own batch order."""
+    per_seed_batches = []
+    for seed in seeds:
+      idx = data_lib.batch_indices(seed, step, len(train.labels), config.batch_size)[rows]
+      batch = {"image": train.images[idx], "label": train.labels[idx]}
+      if config.supervised.enabled:
+        batch["attributes"] = train.attributes[idx]
+      per_seed_batches.append(batch)
+    if not multi:
+      return per_seed_batches[0]
+    return {k: np.stack([b[k] for b in per_seed_batches]) for k in per_seed_batches[0]}
 
-  def evaluate(step: int) -> dict[str, float]:
-    valid_acc = evaluation.probe_accuracy(count_correct, state, mesh, dataset.valid.images,
-                                          dataset.valid.labels, config.eval_batch_size)
-    test_acc = evaluation.probe_accuracy(count_correct, state, mesh, dataset.test.images,
-                                         dataset.test.labels, config.eval_batch_size)
-    scores = {}
+  def evaluate(step: int) -> dict[str, Any]:
+    valid_acc = np.atleast_1d(evaluation.probe_accuracy(
+        count_correct, state, mesh, dataset.valid.images, dataset.valid.labels,
+        config.eval_batch_size))
+    test_acc = np.atleast_1d(evaluation.probe_accuracy(
+        count_correct, state, mesh, dataset.test.images, dataset.test.labels,
+        config.eval_batch_size))
+    per_seed_scores = []
     if dataset.train.factors is not None:  # ground-truth factors: disentanglement metrics
-      scores = evaluation.disentanglement_scores(
-          encode, state, mesh, lambda f: dsprites.LazyImages(f)[:], dsprites.FACTOR_SIZES,
-          config.disentanglement, config.eval_batch_size, seed=config.seed)
-    if valid_acc > meta["best_valid_probe_acc"]:
-      meta.update(best_valid_probe_acc=valid_acc, test_probe_acc_at_best=test_acc, best_step=step)
-    pictures = pictures_fn(state, pictures_x)  # every process takes part; process 0 writes
-    if is_main:
-      visualize.save_pictures(os.path.join(workdir, "images"), step, parallel.to_host(pictures))
-    return {"valid_probe_acc": valid_acc, "test_probe_acc": test_acc, **scores, **meta}
+      for i, seed in enumerate(seeds):
+        per_seed_scores.append(evaluation.disentanglement_scores(
+            encode, select(state, i), mesh, lambda f: dsprites.LazyImages(f)[:],
+            dsprites.FACTOR_SIZES, config.disentanglement, config.eval_batch_size, seed=seed))
+    if config.data.name == "spiral":  # points, not images: a scatter instead of the grids
+      for i, seed in enumerate(seeds):
+        seed_state = select(state, i)
+        stats, mixes = spiral.evaluate_mixes(
+            spiral_points, seed, encode_fn=lambda x: spiral_encode(seed_state, x),
+            decode_fn=lambda h: spiral_decode(seed_state, h), k=config.k, mixer=config.mixer)
+        per_seed_scores.append({"spiral_mix_mean_distance": stats["mean_distance"],
+                                "spiral_mix_within_tol": stats["fraction_within_tolerance"]})
+        if is_main and i == 0:
+          spiral.plot(os.path.join(workdir, "images", f"step_{step:07d}_spiral.png"),
+                      spiral_host, mixes, title=f"step {step}, beta={config.beta}: mean distance "
+                      f"{stats['mean_distance']:.3f}, within {spiral.TOLERANCE}: "
+                      f"{stats['fraction_within_tolerance']:.2f}")
+    for i in range(len(seeds)):
+      if valid_acc[i] > meta["best_valid_probe_acc"][i]:
+        meta["best_valid_probe_acc"][i] = float(valid_acc[i])
+        meta["test_probe_acc_at_best"][i] = float(test_acc[i])
+        meta["best_step"][i] = step
+    if config.data.name != "spiral":
+      pictures = pictures_fn(select(state, 0), pictures_x)  # every process takes part
+      if is_main:
+        visualize.save_pictures(os.path.join(workdir, "images"), step, parallel.to_host(pictures))
+    per_seed = {"valid_probe_acc": valid_acc.tolist(), "test_probe_acc": test_acc.tolist(),
+                **{k: [s[k] for s in per_seed_scores] for k in (per_seed_scores or [{}])[0]},
+                **meta}
+    return _summarise(per_seed)
 
   # Metrics stay on device and are fetched in groups, so the host never waits on every step.
   pending: list[tuple[int, dict[str, jax.Array]]] = []
@@ -227,6 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         if bad is not None:
           stop_reason = bad
           break
+        # Means over the steps since the last log (and over the seeds).
         record = {name: float(np.mean([m[name] for _, m in history])) for name in history[-1][1]}
         now = time.time()
         record["steps_per_s"] = (step - last_step) / max(now - last_time, 1e-9)
@@ -254,4 +328,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     raise NonFiniteLossError(
         f"{stop_reason}; stopped without saving this state; the last good "
         f"checkpoint is step {kept[-1] if kept else 'none'}")
-  return state, {"step": step, **meta}
+  return state, {"step": step, **_summarise(meta)}

@@ -1,0 +1,33 @@
+"""Several seeds side by side in one jitted step equal each seed trained alone."""
+
+import jax
+import numpy as np
+
+from amr_jax import train
+from experiments.configs import tiny
+
+
+def tiny_config(**overrides):
+  config = tiny.get_config()
+  config.num_train_steps = 2
+  for name, value in overrides.items():
+    setattr(config, name, value)
+  return config
+
+
+def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path):
+  both, summary = train.train_and_evaluate(tiny_config(seed=3, num_seeds=2), str(tmp_path / "b"))
+  assert jax.tree.leaves(both)[0].shape[0] == 2  # a leading seeds axis
+  for i, seed in enumerate((3, 4)):
+    alone, alone_summary = train.train_and_evaluate(tiny_config(seed=seed),
+                                                    str(tmp_path / f"s{seed}"))
+    assert int(alone.step) == 2
+    for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(both)):
+      a, b = np.asarray(a, np.float64), np.asarray(b[i], np.float64)
+      # vmap may fuse and order float sums differently: equal to float32 precision.
+      assert np.abs(a - b).max(initial=0) <= 1e-4 * max(np.abs(a).max(initial=0), 1e-6)
+    for name in ("best_valid_probe_acc", "test_probe_acc_at_best", "best_step"):
+      assert summary[f"{name}_per_seed"][i] == alone_summary[name], name
+  # The seeds really differ: different initial parameters, draws and batches.
+  leaf = np.asarray(jax.tree.leaves(both.generator)[0])
+  assert not np.array_equal(leaf[0], leaf[1])
