@@ -11,3 +11,8 @@ from experiments.configs import paper_rows
 
 def get_config(arg: str | None = None):
   return paper_rows.row_config("cifar10", arg, default_dim=256)
+
+
+def paper_number(arg: str | None = None) -> tuple[float, float] | None:
+  """The paper's (mean, std) probe accuracy in % for this row, or None."""
+  return paper_rows.paper_number("cifar10", *paper_rows.parse(arg, 256))

@@ -10,3 +10,8 @@ from experiments.configs import paper_rows
 
 def get_config(arg: str | None = None):
   return paper_rows.row_config("kmnist", arg, default_dim=32)
+
+
+def paper_number(arg: str | None = None) -> tuple[float, float] | None:
+  """The paper's (mean, std) probe accuracy in % for this row, or None."""
+  return paper_rows.paper_number("kmnist", *paper_rows.parse(arg, 32))

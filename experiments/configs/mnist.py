@@ -11,3 +11,8 @@ from experiments.configs import paper_rows
 
 def get_config(arg: str | None = None):
   return paper_rows.row_config("mnist", arg, default_dim=32)
+
+
+def paper_number(arg: str | None = None) -> tuple[float, float] | None:
+  """The paper's (mean, std) probe accuracy in % for this row, or None."""
+  return paper_rows.paper_number("mnist", *paper_rows.parse(arg, 32))

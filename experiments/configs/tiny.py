@@ -3,8 +3,15 @@
 from amr_jax.config import base_config
 
 
-def get_config():
+def get_config(arg: str | None = None):
+  """``arg``: optionally a row name for runner tests: 'ae_gan', 'mixup' (default) or 'bern'."""
   config = base_config()
+  if arg == "ae_gan":
+    config.model = "ae_gan"
+  elif arg == "bern":
+    config.mixer = "bernoulli"
+  elif arg not in (None, "mixup"):
+    raise ValueError(f"unknown tiny row {arg!r}; allowed: ae_gan, mixup, bern")
   config.data.name = "digits"
   config.arch.width = 2
   config.batch_size = 8
