@@ -24,6 +24,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import numpy as np
 
@@ -125,6 +126,8 @@ def write_tables(results: list[dict], out: str, report: list[str], hardware: str
 
 
 def main(argv):
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and jax log a lot at INFO
   overrides = list(FLAGS.set) + [a[len("--config."):] for a in argv[1:]
                                  if a.startswith("--config.")]
   unknown = [a for a in argv[1:] if not a.startswith("--config.")]
