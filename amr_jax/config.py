@@ -60,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.arch.latent_dim = 10  # dsprites64 only
   config.arch.instance_norm = True
   config.arch.leaky_slope = 0.01
+  # 'bfloat16': mixed precision on accelerators (float32 parameters, bfloat16 compute).
+  config.arch.compute_dtype = "float32"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-4  # G and D
@@ -94,6 +96,15 @@ class ConfigError(ValueError):
 
 def _fail(field: str, value: Any, allowed: str) -> None:
   raise ConfigError(f"config.{field}={value!r} is not allowed; allowed: {allowed}")
+
+
+def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+  """``set_field(config, "data.name", "mnist")`` sets a (dotted) field."""
+  node = config
+  *parents, leaf = field.split(".")
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
 
 
 def _one_of(config: ml_collections.ConfigDict, field: str, allowed: Iterable[str]) -> None:
@@ -172,6 +183,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "arch.latent_channels", minimum=1, integer=True)
   _number(config, "arch.latent_dim", minimum=1, integer=True)
   _number(config, "arch.leaky_slope", minimum=0)
+  _one_of(config, "arch.compute_dtype", ("float32", "bfloat16"))
   if not isinstance(_get(config, "arch.instance_norm"), bool):
     _fail("arch.instance_norm", config.arch.instance_norm, "True or False")
 

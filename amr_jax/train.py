@@ -48,6 +48,7 @@ def build_networks(config: ml_collections.ConfigDict, dataset: data_lib.Dataset
       width=config.arch.width, latent_channels=config.arch.latent_channels,
       latent_dim=config.arch.latent_dim, instance_norm=config.arch.instance_norm,
       leaky_slope=config.arch.leaky_slope, variational=config.model == "beta_vae",
+      dtype=None if config.arch.compute_dtype == "float32" else jnp.bfloat16,
       num_attributes=num_attributes(config, dataset))
 
 

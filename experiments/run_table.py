@@ -48,19 +48,18 @@ def _load_module(path: str):
 
 def _override(config, assignment: str) -> None:
   """'data.manual_dir=/x' -> config.data.manual_dir = '/x', typed like the existing value."""
+  from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   field, _, text = assignment.partition("=")
-  node = config
-  *parents, leaf = field.split(".")
-  for parent in parents:
-    node = node[parent]
-  current = node[leaf]
+  current = config
+  for part in field.split("."):
+    current = current[part]
   if isinstance(current, bool):
     value = text.lower() in ("1", "true", "yes")
   elif isinstance(current, (int, float, str)):
     value = type(current)(text)
   else:
     value = json.loads(text)
-  node[leaf] = value
+  config_lib.set_field(config, field, value)
 
 
 def _mean_std(values) -> tuple[float, float]:

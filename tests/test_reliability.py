@@ -28,11 +28,7 @@ from tests.test_cli import ROOT, run_cli  # noqa: E402
 def tiny_config(**overrides):
   config = tiny.get_config()
   for name, value in overrides.items():
-    node = config
-    *parents, leaf = name.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+    config_lib.set_field(config, name, value)
   return config
 
 

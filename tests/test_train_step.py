@@ -21,19 +21,16 @@ def tiny_config(**overrides):
   config.arch.width = 2
   config.g_every = 2
   config.beta = 0.5
-  for name, value in overrides.items():
-    node = config
-    *parents, leaf = name.split("__")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  for name, value in overrides.items():  # a__b stands for the dotted field a.b
+    config_lib.set_field(config, name.replace("__", "."), value)
   return config
 
 
 def setup(config, num_attributes=0):
   nets = networks.build("acai32", image_channels=1, num_classes=10, width=config.arch.width,
                         latent_channels=config.arch.latent_channels,
-                        variational=config.model == "beta_vae", num_attributes=num_attributes)
+                        variational=config.model == "beta_vae", num_attributes=num_attributes,
+                        dtype=jnp.bfloat16 if config.arch.compute_dtype == "bfloat16" else None)
   optimizers = train_state_lib.make_optimizers(config.optim)
   state = train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1), (4, 4, 2),
                                  num_attributes)
@@ -132,6 +129,7 @@ def test_generator_loss_does_not_touch_spectral_state(amr):
     dict(model="acai", acai__variant="amr_authors"),
     dict(model="beta_vae", g_every=1, recon_loss="bce"),
     dict(supervised__enabled=True, supervised__mask="sampled", g_every=1),
+    dict(arch__compute_dtype="bfloat16", g_every=1),
 ])
 def test_each_method_takes_a_step_with_finite_losses(overrides):
   config = tiny_config(**overrides)
@@ -144,6 +142,9 @@ def test_each_method_takes_a_step_with_finite_losses(overrides):
   assert ("kl" in metrics) == (config.model == "beta_vae")
   assert ("cls_sup" in metrics and "d_cls_real" in metrics) == config.supervised.enabled
   assert changed(state.generator, new_state.generator)
+  # Mixed precision computes in bfloat16 but keeps float32 parameters and optimiser state.
+  assert {leaf.dtype for leaf in jax.tree.leaves(new_state) if leaf.dtype != jnp.int32} == {
+      jnp.dtype(jnp.float32)}
   # The beta-VAE has no discriminator: it stays as it was.
   assert changed(state.discriminator, new_state.discriminator) == (config.model != "beta_vae")
 

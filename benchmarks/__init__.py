@@ -1,0 +1,1 @@
+"""Speed benchmarks of amr_jax: ``python -m benchmarks.run`` (see benchmarks/README.md)."""

@@ -1,0 +1,725 @@
+"""Training speed of the paper's model sizes: compile, bare step, full loop, memory, roofline.
+
+  python -m benchmarks.run [--configs=mnist_dim32,svhn_dim256,cifar10_dim1024,dsprites]
+      [--steps=400] [--out=benchmarks/results/latest.json] [--eval=full|light] [--tiny]
+
+For each config, one fresh process measures, in this order: the cold compile of the jitted train
+step (empty persistent cache), the warm one (``jax.clear_caches()``, then the same cache), the
+step's FLOPs from XLA's cost analysis, the bare step's images/s (half the windows before the loop,
+half after), the full ``amr_jax.train.train_and_evaluate`` loop's images/s, the process's peak
+memory and a float32 matrix-multiply roofline. A second, short process then times a fresh run up
+to its first finished step with the cache warm. The parent process never touches JAX's backend
+(an accelerator would be held twice). See benchmarks/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The paper's model sizes. 32x32 rows use a synthetic in-memory dataset with the real dataset's
+# shapes and split sizes (no download; indexing it is the same host work as the real in-memory
+# arrays); dSprites uses the real, procedurally rendered loader.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "mnist_dim32": dict(table="mnist", row="mixup", channels=1, classes=10,
+                        splits=(50_000, 10_000, 10_000)),
+    "svhn_dim256": dict(table="svhn", row="mixup,dim=256", channels=3, classes=10,
+                        splits=(65_932, 7_325, 26_032)),
+    "cifar10_dim1024": dict(table="cifar10", row="mixup,dim=1024", channels=3, classes=10,
+                            splits=(40_000, 10_000, 10_000)),
+    "dsprites": dict(dsprites="mixup"),
+}
+TINY_SPLITS = (512, 200, 200)
+# Settings of amr_jax.main: the same persistent-cache policy as a real run.
+MIN_CACHED_COMPILE_S = 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs and data (child processes only: these import JAX).
+
+
+def make_config(name: str, *, tiny: bool, light_eval: bool):
+  """The config of a benchmark row (the paper's 'mixup' row at that size)."""
+  spec = CONFIGS[name]
+  if "dsprites" in spec:
+    from experiments.configs import dsprites  # pylint: disable=g-import-not-at-top
+    config = dsprites.get_config(spec["dsprites"])
+  else:
+    from experiments.configs import paper_rows  # pylint: disable=g-import-not-at-top
+    config = paper_rows.row_config(spec["table"], spec["row"])
+  if tiny:
+    config.batch_size = 8
+    config.arch.width = 2
+    config.eval_batch_size = 50
+    config.num_pictures = 3
+  if tiny or light_eval:
+    # The disentanglement metrics of dsprites.py:runlocal (the full ones render ~2M images).
+    config.disentanglement.num_votes = 100
+    config.disentanglement.votes_batch = 64
+    config.disentanglement.beta_vae_train = 300
+    config.disentanglement.beta_vae_eval = 150
+    config.disentanglement.beta_vae_batch = 16
+  if tiny and "dsprites" in spec:
+    config.data.num_train = TINY_SPLITS[0]
+    config.data.num_valid = TINY_SPLITS[1]
+  return config
+
+
+def make_dataset(name: str, config, *, tiny: bool, seed: int = 0):
+  """The dataset the loop reads: synthetic (32x32 rows) or the real dSprites loader."""
+  from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  spec = CONFIGS[name]
+  if "dsprites" in spec:
+    return data_lib.load(
+        config.data.name, seed=config.data.split_seed, image_size=config.data.image_size,
+        num_valid=config.data.num_valid, num_train=config.data.num_train)
+  rng = np.random.default_rng(seed)
+  size, channels = config.data.image_size, spec["channels"]
+
+  def split(n: int):
+    images = rng.random((n, size, size, channels), dtype=np.float32)
+    images *= 2.0
+    images -= 1.0
+    return data_lib.Split(images=images,
+                          labels=rng.integers(0, spec["classes"], n).astype(np.int32))
+
+  train, valid, test = TINY_SPLITS if tiny else spec["splits"]
+  return data_lib.Dataset(name=config.data.name, train=split(train), valid=split(valid),
+                          test=split(test), num_classes=spec["classes"], image_channels=channels)
+
+
+@contextlib.contextmanager
+def serve_dataset(dataset, synthetic: bool):
+  """While active, ``amr_jax.train`` loads ``dataset`` (and skips the offline-data check)."""
+  from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  saved = data_lib.load, data_lib.check_available
+  data_lib.load = lambda *a, **k: dataset
+  if synthetic:
+    data_lib.check_available = lambda *a, **k: None
+  try:
+    yield
+  finally:
+    data_lib.load, data_lib.check_available = saved
+
+
+class _StopAfterFirstLog(Exception):
+  pass
+
+
+@contextlib.contextmanager
+def timed_writer(stop_after_first: bool = False):
+  """Records (step, perf_counter) at every metrics line ``amr_jax.train`` writes (after the
+  line is written, so a line that follows an evaluation comes after it)."""
+  from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  saved = train_lib.MetricsWriter
+  times: list[tuple[int, float]] = []
+
+  class TimedWriter(saved):
+
+    def write(self, step, metrics):
+      super().write(step, metrics)
+      times.append((step, time.perf_counter()))
+      if stop_after_first:
+        raise _StopAfterFirstLog()
+
+  train_lib.MetricsWriter = TimedWriter
+  try:
+    yield times
+  finally:
+    train_lib.MetricsWriter = saved
+
+
+def round_to(value: int, multiple: int) -> int:
+  return max(multiple, value // multiple * multiple)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements (child processes).
+
+
+class _CacheEvents:
+  """Counts persistent compilation cache hits and misses through jax.monitoring."""
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.counts: dict[str, int] = {}
+
+    def listener(event, **kwargs):
+      del kwargs
+      if event.startswith("/jax/compilation_cache/"):
+        key = event.rsplit("/", 1)[-1]
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    jax.monitoring.register_event_listener(listener)
+
+  def snapshot(self) -> dict[str, int]:
+    return dict(self.counts)
+
+  def delta(self, before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in self.counts.items() if v - before.get(k, 0)}
+
+
+def flops_of(compiled) -> float | None:
+  """XLA's FLOP count of a compiled computation (a dict, or a list of one dict per program)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  if not analysis or "flops" not in analysis:
+    return None
+  return float(analysis["flops"])
+
+
+def memory_analysis_bytes(compiled) -> dict[str, int] | None:
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  return {f: int(getattr(stats, f)) for f in fields if hasattr(stats, f)}
+
+
+class StepBench:
+  """The loop's jitted train step, built as ``amr_jax.train`` builds it (one seed)."""
+
+  def __init__(self, config, dataset, dtype=None):
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from amr_jax import networks as networks_lib  # pylint: disable=g-import-not-at-top
+    from amr_jax import parallel  # pylint: disable=g-import-not-at-top
+    from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+    from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
+    from amr_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+
+    nets = train_lib.build_networks(config, dataset)
+    if dtype is not None:  # every module computes in dtype; parameters stay float32
+      nets = networks_lib.Networks(**{
+          k: (m.clone(dtype=dtype) if m is not None else None) for k, m in vars(nets).items()})
+    optimizers = train_state_lib.make_optimizers(config.optim)
+    self.mesh = mesh = parallel.make_mesh()
+    self.config = config
+    self.batch_size = config.batch_size
+    self.g_every = int(config.g_every)
+    seed = config.seed
+    image_shape = dataset.train.images.shape[1:]
+    attributes = train_lib.num_attributes(config, dataset)
+    self._init = jax.jit(lambda: train_state_lib.create(
+        nets, optimizers, jax.random.fold_in(jax.random.key(seed), train_lib._INIT),  # pylint: disable=protected-access
+        image_shape, train_lib.latent_shape(config), attributes),
+                         out_shardings=parallel.replicated(mesh))
+    self.step_fn = step_fn = train_step_lib.make_train_step(config, nets, optimizers)
+
+    def seeded_step(s, batch):
+      rng = jax.random.fold_in(jax.random.key(seed), train_lib._TRAIN)  # pylint: disable=protected-access
+      return step_fn(s, batch, jax.random.fold_in(rng, s.step))
+
+    self.train_step = parallel.jit_data_parallel(seeded_step, mesh, batch_args=(1,), num_args=2,
+                                                 donate_state=True)
+    train = dataset.train
+    local = {"image": np.asarray(train.images[:config.batch_size]),
+             "label": train.labels[:config.batch_size]}
+    if config.supervised.enabled:
+      local["attributes"] = train.attributes[:config.batch_size]
+    self.batch = parallel.global_batch(mesh, local)
+    self.state = None
+
+  def new_state(self):
+    self.state = self._init()
+    return self.state
+
+  def compile(self) -> dict[str, float]:
+    """Times tracing + lowering and XLA's compilation of the step (AOT)."""
+    state = self.state if self.state is not None else self.new_state()
+    t0 = time.perf_counter()
+    lowered = self.train_step.lower(state, self.batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    self.compiled = compiled
+    return {"lower_s": t1 - t0, "compile_s": t2 - t1, "total_s": t2 - t0}
+
+  def average_flops(self, step_flops: float) -> dict[str, float]:
+    """FLOPs per step averaged over a g_every cycle.
+
+    XLA counts a conditional as its costlier branch (the generator update), but that branch runs
+    once every g_every steps; the others run G forward only. The difference is measured on the
+    generator's loss: (value_and_grad - forward) FLOPs, each compiled on its own.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    if self.g_every == 1:
+      return {"flops_per_step": step_flops, "generator_backward_flops": 0.0}
+    loss = lambda g, s, b, k: self.step_fn.generator_loss(g, s, b, k)[0]
+    args = (self.state.generator, self.state, self.batch, jax.random.key(0))
+    forward = flops_of(jax.jit(loss).lower(*args).compile())
+    both = flops_of(jax.jit(jax.value_and_grad(loss)).lower(*args).compile())
+    if forward is None or both is None:
+      return {"flops_per_step": step_flops, "generator_backward_flops": None}
+    backward = both - forward
+    return {"flops_per_step": step_flops - (1.0 - 1.0 / self.g_every) * backward,
+            "generator_backward_flops": backward}
+
+  def time_windows(self, windows: int, steps: int) -> list[dict[str, float]]:
+    """Images/s of the bare step: ``steps`` calls per window, one block_until_ready per window
+    (after a warm-up cycle)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    state = self.state if self.state is not None else self.new_state()
+    for _ in range(2 * self.g_every):  # warm-up: compile (cache), first steps of both branches
+      state, metrics = self.train_step(state, self.batch)
+    jax.block_until_ready((state, metrics))
+    out = []
+    for _ in range(windows):
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = self.train_step(state, self.batch)
+      t1 = time.perf_counter()
+      jax.block_until_ready((state, metrics))
+      t2 = time.perf_counter()
+      out.append({"images_per_s": steps * self.batch_size / (t2 - t0),
+                  "dispatch_s_per_step": (t1 - t0) / steps})
+    self.state = state
+    return out
+
+  def host_costs(self, dataset, steps: int, log_every: int) -> dict[str, float]:
+    """The loop's per-step host work on its own: batch assembly as ``train.local_batch`` +
+    ``parallel.global_batch`` do it, and fetching a log window of per-step metrics one array at
+    a time (``parallel.to_host``) against one ``jax.device_get`` of the whole window."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    from amr_jax import parallel  # pylint: disable=g-import-not-at-top
+    train, config = dataset.train, self.config
+    rows = parallel.local_rows(config.batch_size)
+    t0 = time.perf_counter()
+    for step in range(steps):
+      idx = data_lib.batch_indices(config.seed, step, len(train.labels), config.batch_size)[rows]
+      local = {"image": train.images[idx], "label": train.labels[idx]}
+      if config.supervised.enabled:
+        local["attributes"] = train.attributes[idx]
+      batch = parallel.global_batch(self.mesh, local)
+    jax.block_until_ready(batch)
+    t1 = time.perf_counter()
+    # A separate pass for the gather alone (the numpy part of the above).
+    t2 = time.perf_counter()
+    for step in range(steps):
+      idx = data_lib.batch_indices(config.seed, step, len(train.labels), config.batch_size)[rows]
+      local = {"image": train.images[idx], "label": train.labels[idx]}
+    t3 = time.perf_counter()
+    state = self.state
+    pending = []
+    for _ in range(log_every):
+      state, metrics = self.train_step(state, self.batch)
+      pending.append(metrics)
+    jax.block_until_ready((state, pending))
+    t4 = time.perf_counter()
+    [parallel.to_host(m) for m in pending]
+    t5 = time.perf_counter()
+    jax.device_get(pending)
+    t6 = time.perf_counter()
+    self.state = state
+    return {"batch_assembly_s_per_step": (t1 - t0) / steps,
+            "batch_gather_s_per_step": (t3 - t2) / steps,
+            "metrics_to_host_s_per_step": (t5 - t4) / log_every,
+            "metrics_device_get_s_per_step": (t6 - t5) / log_every}
+
+
+def run_loop(config, dataset, synthetic: bool, *, log_every: int, half: int,
+             batch_size: int) -> dict[str, Any]:
+  """``train_and_evaluate`` for 2 * ``half`` steps, logging every ``log_every``, evaluating and
+  checkpointing at ``half`` (first, compiling) and at the end (warm); returns its timings."""
+  from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.num_train_steps = 2 * half
+  config.log_every = log_every
+  config.eval_every = config.checkpoint_every = half
+  with tempfile.TemporaryDirectory(prefix="amr_bench_loop_") as workdir:
+    with serve_dataset(dataset, synthetic), timed_writer() as times:
+      t_call = time.perf_counter()
+      train_lib.train_and_evaluate(config, workdir)
+      t_return = time.perf_counter()
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f]
+  sps = {r["step"]: r["steps_per_s"] for r in records}
+  at = dict(times)
+  steady = [s for s in sps if s not in (log_every, half + log_every)]
+  steady_s = sum(log_every / sps[s] for s in steady)
+  steady_sps = len(steady) * log_every / steady_s
+  last, before_last = 2 * half, 2 * half - log_every
+  eval_s = at[last] - at[before_last] - log_every / sps[last]
+  checkpoint_s = t_return - at[last]
+  first_window = at[log_every] - t_call
+  after_mid = at[half + log_every] - at[half]
+  return {
+      "loop_steady_steps_per_s": steady_sps,
+      "loop_steady_images_per_s": steady_sps * batch_size,
+      "loop_window_steps_per_s": [sps[s] for s in sorted(sps)],
+      "loop_steady_windows": len(steady),
+      "loop_log_every": log_every,
+      "loop_steps": 2 * half,
+      # Time from calling train_and_evaluate to the end of its first step (this process has
+      # imported everything and the persistent cache holds the step already).
+      "loop_first_step_s": first_window - (log_every - 1) / steady_sps,
+      "eval_s": eval_s,
+      "checkpoint_and_close_s": checkpoint_s,
+      "eval_and_checkpoint_first_s": after_mid - log_every / steady_sps,
+  }
+
+
+def roofline(n: int, dtype_name: str, reps: int, windows: int) -> dict[str, Any]:
+  """Best FLOP/s of a jitted (n, n) @ (n, n) matmul, 2 n^3 FLOPs each."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  dtype = jnp.dtype(dtype_name)
+  a = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(2), (n, n), dtype)
+  matmul = jax.jit(lambda a, b: a @ b)
+  matmul(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(windows):
+    t0 = time.perf_counter()
+    outs = [matmul(a, b) for _ in range(reps)]
+    jax.block_until_ready(outs)
+    best = min(best, time.perf_counter() - t0)
+    del outs
+  return {"flops_per_s": 2.0 * n**3 * reps / best, "n": n, "dtype": dtype_name, "reps": reps,
+          "windows": windows}
+
+
+def peak_memory() -> tuple[int, str]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import resource  # pylint: disable=g-import-not-at-top
+  stats = jax.devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use (memory_stats)"
+  # Linux reports ru_maxrss in KiB.
+  return (int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+          "process peak RSS (getrusage ru_maxrss; the device has no memory_stats)")
+
+
+def hardware() -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0]
+  cpu_model = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu_model = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), "")
+  except OSError:
+    pass
+  return {
+      "platform": device.platform,
+      "device_kind": device.device_kind,
+      "device_count": jax.device_count(),
+      "process_count": jax.process_count(),
+      "cpu_count": os.cpu_count(),
+      "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+      "cpu_model": cpu_model or platform.processor(),
+      "jax_version": jax.__version__,
+      "jaxlib_version": jaxlib.__version__,
+      "python_version": platform.python_version(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def load_average() -> list[float] | None:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def measure(name: str, args) -> dict[str, Any]:
+  """Everything but the fresh-process first step, for one config, in this (fresh) process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
+  if args.bf16:
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  events = _CacheEvents()
+  result: dict[str, Any] = {"load_average_start": load_average()}
+  config = make_config(name, tiny=args.tiny, light_eval=args.eval == "light")
+  t0 = time.perf_counter()
+  dataset = make_dataset(name, config, tiny=args.tiny)
+  result["data_s"] = time.perf_counter() - t0
+  synthetic = "dsprites" not in CONFIGS[name]
+  batch = config.batch_size
+  g = int(config.g_every)
+  result.update(batch_size=batch, g_every=g, arch=config.arch.name, width=config.arch.width,
+                latent_channels=config.arch.latent_channels, model=config.model,
+                mixer=config.mixer, k=config.k, image_shape=list(dataset.train.images.shape[1:]),
+                data=("synthetic " if synthetic else "") + config.data.name,
+                eval_settings="light" if (args.tiny or args.eval == "light") else "full",
+                real_eval_every=config.eval_every, real_checkpoint_every=config.checkpoint_every,
+                real_log_every=config.log_every)
+
+  with serve_dataset(dataset, synthetic):
+    bench = StepBench(config, dataset)
+    bench.new_state()
+    before = events.snapshot()
+    cold = bench.compile()
+    result["cache_events_cold"] = events.delta(before)
+    step_flops = flops_of(bench.compiled)
+    result["step_memory_analysis"] = memory_analysis_bytes(bench.compiled)
+    jax.clear_caches()
+    before = events.snapshot()
+    warm = bench.compile()
+    result["cache_events_warm"] = events.delta(before)
+    result.update(compile_s_cold=cold["total_s"], compile_s_warm=warm["total_s"],
+                  lower_s_cold=cold["lower_s"], lower_s_warm=warm["lower_s"],
+                  xla_compile_s_cold=cold["compile_s"], xla_compile_s_warm=warm["compile_s"])
+    result["flops_per_step_xla"] = step_flops
+    if step_flops is not None:
+      result.update(bench.average_flops(step_flops))
+    else:
+      result["flops_per_step"] = None
+
+    window = round_to(args.steps // 4, g)
+    windows = bench.time_windows(2, window)
+    log_every = min(round_to(args.steps // 8, g), config.log_every)
+    result.update(bench.host_costs(dataset, min(window, 50), log_every))
+    bench.state = None  # the loop has its own state: do not hold two
+    loop = run_loop(config, dataset, synthetic, log_every=log_every,
+                    half=max(2 * log_every, round_to(args.steps // 2, log_every)),
+                    batch_size=batch)
+    bench.new_state()
+    windows += bench.time_windows(2, window)
+    bench.state = None
+
+  rates = [w["images_per_s"] for w in windows]
+  result["step_images_per_s"] = statistics.median(rates)
+  result["step_window_images_per_s"] = rates
+  result["step_dispatch_s_per_step"] = statistics.median(w["dispatch_s_per_step"] for w in windows)
+  result["step_window_steps"] = window
+  result.update(loop)
+  seconds_per_step = (1.0 / loop["loop_steady_steps_per_s"]
+                      + loop["eval_s"] / config.eval_every
+                      + loop["checkpoint_and_close_s"] / config.checkpoint_every)
+  result["loop_images_per_s"] = batch / seconds_per_step
+  result["loop_to_step_ratio"] = result["loop_images_per_s"] / result["step_images_per_s"]
+  result["loop_to_step_ratio_no_eval"] = (loop["loop_steady_images_per_s"]
+                                          / result["step_images_per_s"])
+  result["peak_memory_bytes"], result["peak_memory_kind"] = peak_memory()
+
+  platform_name = jax.devices()[0].platform
+  n = 512 if args.tiny else (2048 if platform_name == "cpu" else 8192)
+  reps, n_windows = (3, 3) if platform_name == "cpu" else (10, 5)
+  roof = roofline(n, "float32", reps, n_windows)
+  result["roofline_flops_per_s"] = roof["flops_per_s"]
+  result["roofline"] = roof
+  if result.get("flops_per_step"):
+    achieved = result["flops_per_step"] * result["step_images_per_s"] / batch
+    result["step_flops_per_s"] = achieved
+    result["roofline_fraction"] = achieved / roof["flops_per_s"]
+  else:
+    result["step_flops_per_s"] = result["roofline_fraction"] = None
+
+  if args.bf16:  # bare step with bfloat16 compute, float32 parameters
+    with serve_dataset(dataset, synthetic):
+      bench16 = StepBench(config, dataset, dtype=jnp.bfloat16)
+      bench16.new_state()
+      c16 = bench16.compile()
+      f16 = flops_of(bench16.compiled)
+      w16 = bench16.time_windows(2, window)
+      bench16.state = None
+    roof16 = roofline(n, "bfloat16", reps, n_windows)
+    rate16 = statistics.median(w["images_per_s"] for w in w16)
+    result["bf16"] = {"step_images_per_s": rate16, "compile_s_cold": c16["total_s"],
+                      "flops_per_step_xla": f16, "roofline_flops_per_s": roof16["flops_per_s"]}
+  result["load_average_end"] = load_average()
+  result["hardware"] = hardware()
+  return result
+
+
+def first_step(name: str, args) -> dict[str, Any]:
+  """A fresh run (this process) to the end of its first step, the persistent cache warm."""
+  t_imports = time.time()
+  import jax  # pylint: disable=g-import-not-at-top
+  from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  t_imported = time.time()
+  jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
+  config = make_config(name, tiny=args.tiny, light_eval=True)
+  t0 = time.perf_counter()
+  dataset = make_dataset(name, config, tiny=args.tiny)
+  data_s = time.perf_counter() - t0
+  synthetic = "dsprites" not in CONFIGS[name]
+  config.log_every = 1
+  config.eval_every = config.checkpoint_every = 1000
+  with tempfile.TemporaryDirectory(prefix="amr_bench_first_") as workdir:
+    with serve_dataset(dataset, synthetic), timed_writer(stop_after_first=True) as times:
+      try:
+        train_lib.train_and_evaluate(config, workdir)
+      except _StopAfterFirstLog:
+        pass
+  wall_at_first = time.time() - (time.perf_counter() - times[0][1])
+  since_launch = wall_at_first - args.launch_time
+  return {
+      # From launching the process to the first step's metrics on the host, not counting the
+      # synthetic data's generation (a real run spends its loader's time there instead; for
+      # dsprites the real loader runs and is counted).
+      "first_step_s_warm": since_launch - (data_s if synthetic else 0.0),
+      "first_step_s_warm_breakdown": {
+          "python_start_s": t_imports - args.launch_time, "imports_s": t_imported - t_imports,
+          "data_s": data_s, "since_launch_s": since_launch},
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent: one child process per measurement, then the reports.
+
+
+def _child(mode: str, name: str, args, cache_dir: str, out_path: str) -> dict[str, Any]:
+  cmd = [sys.executable, "-m", "benchmarks.run", f"--_child={mode}", f"--_name={name}",
+         f"--_cache_dir={cache_dir}", f"--_result={out_path}", f"--steps={args.steps}",
+         f"--eval={args.eval}", f"--_launch_time={time.time()!r}"]
+  cmd += ["--tiny"] * args.tiny + ["--bf16"] * args.bf16
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=args.timeout or None)
+  if proc.returncode != 0 or not os.path.exists(out_path):
+    return {"error": f"{mode} process exited with {proc.returncode}: {proc.stderr[-3000:]}"}
+  with open(out_path) as f:
+    return json.load(f)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, float):
+    if value and (abs(value) >= 1e5 or abs(value) < 1e-2):
+      return f"{value:.{digits}g}"
+    return f"{value:.{digits}g}" if abs(value) < 100 else f"{value:.0f}"
+  return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+  hw = report.get("hardware") or {}
+  lines = [
+      f"# amr_jax speed ({report['created']})", "",
+      f"Hardware: {hw.get('device_count', '?')} x {hw.get('device_kind', '?')} "
+      f"({hw.get('platform', '?')}), {hw.get('cpu_count', '?')} CPUs ({hw.get('cpu_model', '')}), "
+      f"jax {hw.get('jax_version', '?')}. Command: `{report['command']}`"
+      + (" (tiny settings: not representative)" if report["tiny"] else ""), "",
+      "| config | batch | step img/s | loop img/s | loop/step | GFLOP/step | roofline GFLOP/s "
+      "| roofline frac | compile cold s | compile warm s | first step (warm) s | peak memory MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for name, r in report["configs"].items():
+    if "error" in r:
+      lines.append(f"| {name} | error: see latest.json |" + " |" * 10)
+      continue
+    gflop = None if r.get("flops_per_step") is None else r["flops_per_step"] / 1e9
+    lines.append("| " + " | ".join([
+        name, _fmt(r["batch_size"]), _fmt(r["step_images_per_s"]), _fmt(r["loop_images_per_s"]),
+        _fmt(r["loop_to_step_ratio"]), _fmt(gflop), _fmt(r["roofline_flops_per_s"] / 1e9),
+        _fmt(r.get("roofline_fraction")), _fmt(r["compile_s_cold"]), _fmt(r["compile_s_warm"]),
+        _fmt(r.get("first_step_s_warm")), _fmt(r["peak_memory_bytes"] / 2**20)]) + " |")
+  kinds = {r.get("peak_memory_kind") for r in report["configs"].values() if "error" not in r}
+  lines += ["", f"Peak memory: {', '.join(sorted(k for k in kinds if k))}. Loop img/s includes "
+            "evaluation and checkpointing amortised at each config's eval_every / "
+            "checkpoint_every; loop/step without them: "
+            + ", ".join(f"{n} {_fmt(r.get('loop_to_step_ratio_no_eval'))}"
+                        for n, r in report["configs"].items() if "error" not in r) + "."]
+  return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--configs", default=",".join(CONFIGS),
+                      help=f"comma-separated, from {', '.join(CONFIGS)}")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="timed steps of the bare step (4 windows) and of the loop "
+                           "(default 400; 20 with --tiny)")
+  parser.add_argument("--out", default=None,
+                      help="JSON report; the Markdown summary goes beside it (.md). Default "
+                           "benchmarks/results/latest.json (tiny.json with --tiny)")
+  parser.add_argument("--eval", choices=("full", "light"), default="full",
+                      help="evaluation settings of the loop: the config's own, or dsprites.py's "
+                           "runlocal disentanglement metrics (they matter for dsprites only)")
+  parser.add_argument("--tiny", action="store_true",
+                      help="batch 8, width 2, few steps, small splits: a smoke test")
+  parser.add_argument("--bf16", action="store_true",
+                      help="also time the bare step with bfloat16 compute (float32 parameters)")
+  parser.add_argument("--no_first_step", action="store_true",
+                      help="skip the fresh-process first-step measurement")
+  parser.add_argument("--timeout", type=float, default=0, help="seconds per child process")
+  parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--_name", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--_cache_dir", dest="cache_dir", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--_result", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--_launch_time", dest="launch_time", type=float, default=0.0,
+                      help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.steps is None:
+    args.steps = 20 if args.tiny else 400
+  if args.out is None:
+    args.out = os.path.join(ROOT, "benchmarks", "results",
+                            "tiny.json" if args.tiny else "latest.json")
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args._child:  # pylint: disable=protected-access
+    fn = measure if args._child == "measure" else first_step  # pylint: disable=protected-access
+    try:
+      result = fn(args._name, args)  # pylint: disable=protected-access
+    except Exception:  # pylint: disable=broad-except
+      traceback.print_exc()
+      return 1
+    with open(args._result, "w") as f:  # pylint: disable=protected-access
+      json.dump(result, f, indent=1)
+    sys.stdout.flush()
+    os._exit(0)  # pylint: disable=protected-access  # skip interpreter teardown of JAX/orbax
+
+  names = [n for n in args.configs.split(",") if n]
+  unknown = [n for n in names if n not in CONFIGS]
+  if unknown:
+    print(f"unknown configs {unknown}; allowed: {', '.join(CONFIGS)}", file=sys.stderr)
+    return 2
+  report: dict[str, Any] = {
+      "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+      "command": " ".join(["python -m benchmarks.run"] + (argv if argv is not None
+                                                           else sys.argv[1:])),
+      "tiny": args.tiny, "steps": args.steps, "eval": args.eval, "configs": {}}
+  with tempfile.TemporaryDirectory(prefix="amr_bench_") as tmp:
+    for name in names:
+      cache_dir = os.path.join(tmp, f"xla_cache_{name}")  # fresh: the first compile is cold
+      os.makedirs(cache_dir)
+      t0 = time.time()
+      result = _child("measure", name, args, cache_dir, os.path.join(tmp, f"{name}.json"))
+      if "error" not in result and not args.no_first_step:
+        result.update(_child("first_step", name, args, cache_dir,
+                             os.path.join(tmp, f"{name}_first.json")))
+      result["wall_s"] = time.time() - t0
+      if "hardware" in result:
+        report["hardware"] = result.pop("hardware")
+      report["configs"][name] = result
+      status = result.get("error", "").splitlines()[-1:] or [
+          f"step {result['step_images_per_s']:.1f} img/s, loop {result['loop_images_per_s']:.1f}"
+          f" img/s, ratio {result['loop_to_step_ratio']:.3f}"]
+      print(f"{name}: {status[0]} ({result['wall_s']:.0f} s)", flush=True)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(report, f, indent=1)
+    f.write("\n")
+  md_path = os.path.splitext(args.out)[0] + ".md"
+  with open(md_path, "w") as f:
+    f.write(markdown(report))
+  print(f"wrote {args.out} and {md_path}")
+  return 0 if all("error" not in r for r in report["configs"].values()) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
