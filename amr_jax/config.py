@@ -162,6 +162,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if config.model == "acai" and (config.mixer != "mixup" or config.k != 2):
     _fail("mixer", f"{config.mixer} with k={config.k}",
           "'mixup' with k=2 for model='acai' (its critic regresses one coefficient)")
+  if config.supervised.enabled and config.data.name not in ("dsprites", "celeb_a"):
+    _fail("supervised.enabled", True, f"False for data.name={config.data.name!r} (supervised "
+          "AMR needs binary attributes: dsprites, celeb_a)")
   if config.supervised.enabled and config.model != "amr":
     _fail("supervised.enabled", True, f"False for model={config.model!r} (only 'amr' mixes "
           "with labels)")

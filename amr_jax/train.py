@@ -8,7 +8,6 @@ pictures and checkpoints. Only process 0 writes logs and pictures; every process
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time

@@ -10,7 +10,6 @@ from amr_jax import data
 from amr_jax.data import dsprites
 from amr_jax.data import image as image_lib
 from amr_jax.data import tfds_source
-from test_data import mock_tfds  # pylint: disable=unused-import  (a fixture)
 
 ATTRS = ("Male", "Smiling", "Eyeglasses")
 

@@ -18,7 +18,6 @@ import pytest
 from amr_jax import data
 from amr_jax.data import batching
 from amr_jax.data import image as image_lib
-from amr_jax.data import tfds_source
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -151,22 +150,6 @@ def test_batch_indices_seeds_differ_and_results_are_not_shared():
 
 # ---------------------------------------------------------------------------------------------
 # TFDS with mock data
-
-
-@pytest.fixture
-def mock_tfds(monkeypatch):
-  """Yields a context manager: TFDS with `num_examples` random examples in every split."""
-  tfds = tfds_source.import_tfds()
-  # mock_data replaces reading, but `is_prepared` still looks for files in the (mocked,
-  # nonexistent) data_dir; pretend they are there so `load` reads instead of building.
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
-  # mock_data's batched read is broken in tfds 4.9.10 (it sets `__getitems__` on a MagicMock
-  # instance, so it is called without `self`: "_getitems() missing ... 'record_keys'"); read
-  # the mocked records one at a time instead.
-  from tensorflow_datasets.core.data_sources import base
-  monkeypatch.setattr(base.BaseDataSource, "__getitems__",
-                      lambda self, keys: [self[k] for k in keys])
-  return lambda n: tfds.testing.mock_data(num_examples=n)
 
 
 def test_load_tfds_mock_mnist(mock_tfds, tmp_path):

@@ -21,7 +21,7 @@ def run_table(tmp_path):
 
 
 def test_runner_writes_tables_with_every_seed_and_resumes(tmp_path):
-  result = run_table(tmp_path)
+  run_table(tmp_path)
   table = (tmp_path / "table.md").read_text()
   assert "| ae_gan | ae_gan | mixup | 2 |" in table and "| bern | amr | bernoulli | 2 |" in table
   with open(tmp_path / "table.csv") as f:
