@@ -283,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   with _Preemption() as preemption:
     step = start_step
     while step < config.num_train_steps:
-      batch = parallel.global_batch(mesh, local_batch(step))
+      batch = parallel.global_batch(mesh, local_batch(step), seeds_axis=multi)
       state, metrics = train_step(state, batch)
       pending.append((step + 1, metrics))
       step += 1

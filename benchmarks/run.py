@@ -33,13 +33,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # shapes and split sizes (no download; indexing it is the same host work as the real in-memory
 # arrays); dSprites uses the real, procedurally rendered loader.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "mnist_dim32": dict(table="mnist", row="mixup", channels=1, classes=10,
-                        splits=(50_000, 10_000, 10_000)),
-    "svhn_dim256": dict(table="svhn", row="mixup,dim=256", channels=3, classes=10,
-                        splits=(65_932, 7_325, 26_032)),
-    "cifar10_dim1024": dict(table="cifar10", row="mixup,dim=1024", channels=3, classes=10,
-                            splits=(40_000, 10_000, 10_000)),
-    "dsprites": dict(dsprites="mixup"),
+    "mnist_dim32": {"table": "mnist", "row": "mixup", "channels": 1, "classes": 10,
+                    "splits": (50_000, 10_000, 10_000)},
+    "svhn_dim256": {"table": "svhn", "row": "mixup,dim=256", "channels": 3, "classes": 10,
+                    "splits": (65_932, 7_325, 26_032)},
+    "cifar10_dim1024": {"table": "cifar10", "row": "mixup,dim=1024", "channels": 3,
+                        "classes": 10, "splits": (40_000, 10_000, 10_000)},
+    "dsprites": {"dsprites": "mixup"},
 }
 TINY_SPLITS = (512, 200, 200)
 # Settings of amr_jax.main: the same persistent-cache policy as a real run.
@@ -79,8 +79,9 @@ def make_config(name: str, *, tiny: bool, light_eval: bool):
 
 def make_dataset(name: str, config, *, tiny: bool, seed: int = 0):
   """The dataset the loop reads: synthetic (32x32 rows) or the real dSprites loader."""
-  from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   spec = CONFIGS[name]
   if "dsprites" in spec:
     return data_lib.load(
@@ -200,19 +201,16 @@ def memory_analysis_bytes(compiled) -> dict[str, int] | None:
 class StepBench:
   """The loop's jitted train step, built as ``amr_jax.train`` builds it (one seed)."""
 
-  def __init__(self, config, dataset, dtype=None):
+  def __init__(self, config, dataset):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from amr_jax import networks as networks_lib  # pylint: disable=g-import-not-at-top
+
     from amr_jax import parallel  # pylint: disable=g-import-not-at-top
     from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
     from amr_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
 
     nets = train_lib.build_networks(config, dataset)
-    if dtype is not None:  # every module computes in dtype; parameters stay float32
-      nets = networks_lib.Networks(**{
-          k: (m.clone(dtype=dtype) if m is not None else None) for k, m in vars(nets).items()})
     optimizers = train_state_lib.make_optimizers(config.optim)
     self.mesh = mesh = parallel.make_mesh()
     self.config = config
@@ -302,10 +300,13 @@ class StepBench:
     ``parallel.global_batch`` do it, and fetching a log window of per-step metrics one array at
     a time (``parallel.to_host``) against one ``jax.device_get`` of the whole window."""
     import jax  # pylint: disable=g-import-not-at-top
+
     from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     from amr_jax import parallel  # pylint: disable=g-import-not-at-top
     train, config = dataset.train, self.config
     rows = parallel.local_rows(config.batch_size)
+    idx = data_lib.batch_indices(config.seed, 0, len(train.labels), config.batch_size)[rows]
+    parallel.global_batch(self.mesh, {"image": train.images[idx]})  # warm-up (epoch order)
     t0 = time.perf_counter()
     for step in range(steps):
       idx = data_lib.batch_indices(config.seed, step, len(train.labels), config.batch_size)[rows]
@@ -352,45 +353,76 @@ class StepBench:
             "metrics_device_get_s_per_step": (t6 - t5) / log_every}
 
 
+@contextlib.contextmanager
+def timed_evaluations_and_checkpoints():
+  """Records when each evaluation starts (its first ``evaluation.probe_accuracy`` call: every
+  evaluation begins with the validation accuracy) and when each ``Checkpointer.save`` has
+  finished writing (saves are made synchronous)."""
+  from amr_jax import (
+    checkpointing,  # pylint: disable=g-import-not-at-top
+    evaluation,  # pylint: disable=g-import-not-at-top
+  )
+  saved_accuracy, saved_save = evaluation.probe_accuracy, checkpointing.Checkpointer.save
+  events: dict[str, list] = {"probe_accuracy": [], "saved": []}
+
+  def probe_accuracy(*args, **kwargs):
+    events["probe_accuracy"].append(time.perf_counter())
+    return saved_accuracy(*args, **kwargs)
+
+  def save(self, step, *args, **kwargs):
+    out = saved_save(self, step, *args, **kwargs)
+    # Wait for orbax's background write: it would otherwise slow the steps measured next. Its
+    # whole cost is then counted in the checkpoint's time (amortised over checkpoint_every).
+    self.wait()
+    events["saved"].append((step, time.perf_counter()))
+    return out
+
+  evaluation.probe_accuracy, checkpointing.Checkpointer.save = probe_accuracy, save
+  try:
+    yield events
+  finally:
+    evaluation.probe_accuracy, checkpointing.Checkpointer.save = saved_accuracy, saved_save
+
+
 def run_loop(config, dataset, synthetic: bool, *, log_every: int, half: int,
              batch_size: int) -> dict[str, Any]:
   """``train_and_evaluate`` for 2 * ``half`` steps, logging every ``log_every``, evaluating and
-  checkpointing at ``half`` (first, compiling) and at the end (warm); returns its timings."""
+  checkpointing at ``half`` (the first time: compiles) and at the end; returns its timings.
+
+  Steady state is the second half by the wall clock: from the return of the checkpoint at
+  ``half`` (its finiteness check has waited for the device) to the start of the final
+  evaluation (which needs every step finished): exactly ``half`` steps with their logging,
+  whatever the loop overlaps inside. The loop's own ``steps_per_s`` lines are kept for reference.
+  """
   from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   config.num_train_steps = 2 * half
   config.log_every = log_every
   config.eval_every = config.checkpoint_every = half
   with tempfile.TemporaryDirectory(prefix="amr_bench_loop_") as workdir:
-    with serve_dataset(dataset, synthetic), timed_writer() as times:
-      t_call = time.perf_counter()
+    with serve_dataset(dataset, synthetic), timed_writer() as times, \
+        timed_evaluations_and_checkpoints() as events:
       train_lib.train_and_evaluate(config, workdir)
       t_return = time.perf_counter()
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       records = [json.loads(line) for line in f]
-  sps = {r["step"]: r["steps_per_s"] for r in records}
   at = dict(times)
-  steady = [s for s in sps if s not in (log_every, half + log_every)]
-  steady_s = sum(log_every / sps[s] for s in steady)
-  steady_sps = len(steady) * log_every / steady_s
-  last, before_last = 2 * half, 2 * half - log_every
-  eval_s = at[last] - at[before_last] - log_every / sps[last]
-  checkpoint_s = t_return - at[last]
-  first_window = at[log_every] - t_call
-  after_mid = at[half + log_every] - at[half]
+  saved_at = dict(events["saved"])
+  final_eval_start = min(t for t in events["probe_accuracy"] if t > saved_at[half])
+  steady_sps = half / (final_eval_start - saved_at[half])
   return {
       "loop_steady_steps_per_s": steady_sps,
       "loop_steady_images_per_s": steady_sps * batch_size,
-      "loop_window_steps_per_s": [sps[s] for s in sorted(sps)],
-      "loop_steady_windows": len(steady),
+      "loop_logged_steps_per_s": [r["steps_per_s"] for r in records],
       "loop_log_every": log_every,
       "loop_steps": 2 * half,
-      # Time from calling train_and_evaluate to the end of its first step (this process has
-      # imported everything and the persistent cache holds the step already).
-      "loop_first_step_s": first_window - (log_every - 1) / steady_sps,
-      "eval_s": eval_s,
-      "checkpoint_and_close_s": checkpoint_s,
-      "eval_and_checkpoint_first_s": after_mid - log_every / steady_sps,
+      # One evaluation (with its pictures); the first one also compiles.
+      "eval_s": at[2 * half] - final_eval_start,
+      "eval_s_first": at[half] - events["probe_accuracy"][0],
+      # The checkpoint in the middle: finiteness check + save, waited for; the one at the end
+      # also closes everything.
+      "checkpoint_s": saved_at[half] - at[half],
+      "checkpoint_and_close_s": t_return - at[2 * half],
   }
 
 
@@ -415,8 +447,9 @@ def roofline(n: int, dtype_name: str, reps: int, windows: int) -> dict[str, Any]
 
 
 def peak_memory() -> tuple[int, str]:
-  import jax  # pylint: disable=g-import-not-at-top
   import resource  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
   stats = jax.devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use (memory_stats)"
@@ -461,12 +494,20 @@ def load_average() -> list[float] | None:
 def measure(name: str, args) -> dict[str, Any]:
   """Everything but the fresh-process first step, for one config, in this (fresh) process."""
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+  jax.config.update("jax_compilation_cache_dir", args.child_cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
-  if args.bf16:
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   events = _CacheEvents()
   result: dict[str, Any] = {"load_average_start": load_average()}
+  phases: dict[str, float] = {}
+  result["phase_s"] = phases  # wall time of each part of this benchmark, for its own tuning
+  mark = [time.perf_counter()]
+
+  def phase(label: str) -> float:
+    now = time.perf_counter()
+    seconds, mark[0] = now - mark[0], now
+    phases[label] = phases.get(label, 0.0) + seconds
+    return seconds
+
   config = make_config(name, tiny=args.tiny, light_eval=args.eval == "light")
   t0 = time.perf_counter()
   dataset = make_dataset(name, config, tiny=args.tiny)
@@ -484,7 +525,10 @@ def measure(name: str, args) -> dict[str, Any]:
 
   with serve_dataset(dataset, synthetic):
     bench = StepBench(config, dataset)
+    phase("build")
     bench.new_state()
+    # The loop compiles this too (before its step): the initial train state, jitted.
+    result["init_state_s_cold"] = phase("init_state")
     before = events.snapshot()
     cold = bench.compile()
     result["cache_events_cold"] = events.delta(before)
@@ -497,23 +541,29 @@ def measure(name: str, args) -> dict[str, Any]:
     result.update(compile_s_cold=cold["total_s"], compile_s_warm=warm["total_s"],
                   lower_s_cold=cold["lower_s"], lower_s_warm=warm["lower_s"],
                   xla_compile_s_cold=cold["compile_s"], xla_compile_s_warm=warm["compile_s"])
+    phase("compile")
     result["flops_per_step_xla"] = step_flops
     if step_flops is not None:
       result.update(bench.average_flops(step_flops))
     else:
       result["flops_per_step"] = None
 
+    phase("flops")
     window = round_to(args.steps // 4, g)
     windows = bench.time_windows(2, window)
+    phase("step")
     log_every = min(round_to(args.steps // 8, g), config.log_every)
     result.update(bench.host_costs(dataset, min(window, 50), log_every))
+    phase("host_costs")
     bench.state = None  # the loop has its own state: do not hold two
     loop = run_loop(config, dataset, synthetic, log_every=log_every,
                     half=max(2 * log_every, round_to(args.steps // 2, log_every)),
                     batch_size=batch)
+    phase("loop")
     bench.new_state()
     windows += bench.time_windows(2, window)
     bench.state = None
+    phase("step")
 
   rates = [w["images_per_s"] for w in windows]
   result["step_images_per_s"] = statistics.median(rates)
@@ -521,9 +571,12 @@ def measure(name: str, args) -> dict[str, Any]:
   result["step_dispatch_s_per_step"] = statistics.median(w["dispatch_s_per_step"] for w in windows)
   result["step_window_steps"] = window
   result.update(loop)
+  # The checkpoint's cost: the cheaper of the first one (it compiles the finiteness check) and
+  # the last one (it also waits for the write and closes everything); both overestimate it.
+  checkpoint_s = min(loop["checkpoint_s"], loop["checkpoint_and_close_s"])
   seconds_per_step = (1.0 / loop["loop_steady_steps_per_s"]
                       + loop["eval_s"] / config.eval_every
-                      + loop["checkpoint_and_close_s"] / config.checkpoint_every)
+                      + checkpoint_s / config.checkpoint_every)
   result["loop_images_per_s"] = batch / seconds_per_step
   result["loop_to_step_ratio"] = result["loop_images_per_s"] / result["step_images_per_s"]
   result["loop_to_step_ratio_no_eval"] = (loop["loop_steady_images_per_s"]
@@ -534,6 +587,7 @@ def measure(name: str, args) -> dict[str, Any]:
   n = 512 if args.tiny else (2048 if platform_name == "cpu" else 8192)
   reps, n_windows = (3, 3) if platform_name == "cpu" else (10, 5)
   roof = roofline(n, "float32", reps, n_windows)
+  phase("roofline")
   result["roofline_flops_per_s"] = roof["flops_per_s"]
   result["roofline"] = roof
   if result.get("flops_per_step"):
@@ -544,8 +598,10 @@ def measure(name: str, args) -> dict[str, Any]:
     result["step_flops_per_s"] = result["roofline_fraction"] = None
 
   if args.bf16:  # bare step with bfloat16 compute, float32 parameters
+    config16 = config.copy_and_resolve_references()
+    config16.arch.compute_dtype = "bfloat16"
     with serve_dataset(dataset, synthetic):
-      bench16 = StepBench(config, dataset, dtype=jnp.bfloat16)
+      bench16 = StepBench(config16, dataset)
       bench16.new_state()
       c16 = bench16.compile()
       f16 = flops_of(bench16.compiled)
@@ -554,7 +610,10 @@ def measure(name: str, args) -> dict[str, Any]:
     roof16 = roofline(n, "bfloat16", reps, n_windows)
     rate16 = statistics.median(w["images_per_s"] for w in w16)
     result["bf16"] = {"step_images_per_s": rate16, "compile_s_cold": c16["total_s"],
-                      "flops_per_step_xla": f16, "roofline_flops_per_s": roof16["flops_per_s"]}
+                      "flops_per_step_xla": f16, "roofline_flops_per_s": roof16["flops_per_s"],
+                      # the float32 step's average FLOPs (the same operations), at this speed
+                      "roofline_fraction": None if not result.get("flops_per_step") else
+                      result["flops_per_step"] * rate16 / batch / roof16["flops_per_s"]}
   result["load_average_end"] = load_average()
   result["hardware"] = hardware()
   return result
@@ -564,9 +623,10 @@ def first_step(name: str, args) -> dict[str, Any]:
   """A fresh run (this process) to the end of its first step, the persistent cache warm."""
   t_imports = time.time()
   import jax  # pylint: disable=g-import-not-at-top
+
   from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   t_imported = time.time()
-  jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+  jax.config.update("jax_compilation_cache_dir", args.child_cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
   config = make_config(name, tiny=args.tiny, light_eval=True)
   t0 = time.perf_counter()
@@ -575,13 +635,13 @@ def first_step(name: str, args) -> dict[str, Any]:
   synthetic = "dsprites" not in CONFIGS[name]
   config.log_every = 1
   config.eval_every = config.checkpoint_every = 1000
-  with tempfile.TemporaryDirectory(prefix="amr_bench_first_") as workdir:
-    with serve_dataset(dataset, synthetic), timed_writer(stop_after_first=True) as times:
-      t_call = time.perf_counter()
-      try:
-        train_lib.train_and_evaluate(config, workdir)
-      except _StopAfterFirstLog:
-        pass
+  with tempfile.TemporaryDirectory(prefix="amr_bench_first_") as workdir, \
+      serve_dataset(dataset, synthetic), timed_writer(stop_after_first=True) as times:
+    t_call = time.perf_counter()
+    try:
+      train_lib.train_and_evaluate(config, workdir)
+    except _StopAfterFirstLog:
+      pass
   at = dict(times)
   wall_at_first = time.time() - (time.perf_counter() - at[1])
   since_launch = wall_at_first - args.launch_time
@@ -611,7 +671,7 @@ def _child(mode: str, name: str, args, cache_dir: str, out_path: str) -> dict[st
          f"--eval={args.eval}", f"--_launch_time={time.time()!r}"]
   cmd += ["--tiny"] * args.tiny + ["--bf16"] * args.bf16
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
                         timeout=args.timeout or None)
   if proc.returncode != 0 or not os.path.exists(out_path):
     return {"error": f"{mode} process exited with {proc.returncode}: {proc.stderr[-3000:]}"}
@@ -630,20 +690,26 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+  """The short summary: one row per config, then where the loop's extra time goes."""
   hw = report.get("hardware") or {}
+  tiny = " (tiny settings: a smoke test, not representative)" if report["tiny"] else ""
+  ok = {n: r for n, r in report["configs"].items() if "error" not in r}
   lines = [
-      f"# amr_jax speed ({report['created']})", "",
-      f"Hardware: {hw.get('device_count', '?')} x {hw.get('device_kind', '?')} "
-      f"({hw.get('platform', '?')}), {hw.get('cpu_count', '?')} CPUs ({hw.get('cpu_model', '')}), "
-      f"jax {hw.get('jax_version', '?')}. Command: `{report['command']}`"
-      + (" (tiny settings: not representative)" if report["tiny"] else ""), "",
-      "| config | batch | step img/s | loop img/s | loop/step | GFLOP/step | roofline GFLOP/s "
-      "| roofline frac | compile cold s | compile warm s | first step (warm) s | peak memory MiB |",
+      f"# amr_jax training speed ({report['created']})", "",
+      (f"Hardware: {hw.get('device_count', '?')} x {hw.get('device_kind', '?')} "
+       f"({hw.get('platform', '?')}); {hw.get('cpu_count', '?')} CPUs "
+       f"({hw.get('cpu_model', '')}); jax {hw.get('jax_version', '?')}. "
+       f"Command: `{report['command']}`{tiny}."
+       + ("" if report.get("fresh_compilation_cache", True) else
+          " The compilation cache was reused (--cache_dir): 'cold' compiles may be warm.")), "",
+      ("| config | batch | step img/s | loop img/s | loop/step | GFLOP/step | roofline GFLOP/s "
+       "| roofline fraction | compile cold s | compile warm s | first step, warm cache s "
+       "| peak memory MiB |"),
       "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, r in report["configs"].items():
-    if "error" in r:
-      lines.append(f"| {name} | error: see latest.json |" + " |" * 10)
+    if name not in ok:
+      lines.append(f"| {name} | error (see the JSON) |" + " |" * 10)
       continue
     gflop = None if r.get("flops_per_step") is None else r["flops_per_step"] / 1e9
     lines.append("| " + " | ".join([
@@ -651,12 +717,28 @@ def markdown(report: dict[str, Any]) -> str:
         _fmt(r["loop_to_step_ratio"]), _fmt(gflop), _fmt(r["roofline_flops_per_s"] / 1e9),
         _fmt(r.get("roofline_fraction")), _fmt(r["compile_s_cold"]), _fmt(r["compile_s_warm"]),
         _fmt(r.get("first_step_s_warm")), _fmt(r["peak_memory_bytes"] / 2**20)]) + " |")
-  kinds = {r.get("peak_memory_kind") for r in report["configs"].values() if "error" not in r}
-  lines += ["", f"Peak memory: {', '.join(sorted(k for k in kinds if k))}. Loop img/s includes "
-            "evaluation and checkpointing amortised at each config's eval_every / "
-            "checkpoint_every; loop/step without them: "
-            + ", ".join(f"{n} {_fmt(r.get('loop_to_step_ratio_no_eval'))}"
-                        for n, r in report["configs"].items() if "error" not in r) + "."]
+  lines += [
+      "", "Where the loop's time goes (ms per step unless marked):", "",
+      ("| config | bare step | loop, no eval | batch assembly | step dispatch | metrics fetch "
+       "| eval s (every N) | checkpoint s (every N) |"),
+      "|---|---|---|---|---|---|---|---|",
+  ]
+
+  def ms(seconds):
+    return _fmt(None if seconds is None else 1e3 * seconds)
+
+  for name, r in ok.items():
+    lines.append("| " + " | ".join([
+        name, ms(r["batch_size"] / r["step_images_per_s"]),
+        ms(1.0 / r["loop_steady_steps_per_s"]), ms(r.get("batch_assembly_s_per_step")),
+        ms(r.get("step_dispatch_s_per_step")), ms(r.get("metrics_to_host_s_per_step")),
+        f"{_fmt(r['eval_s'])} ({r['real_eval_every']})",
+        (f"{_fmt(min(r['checkpoint_s'], r['checkpoint_and_close_s']))} "
+         f"({r['real_checkpoint_every']})")]) + " |")
+  kinds = sorted({r["peak_memory_kind"] for r in ok.values()})
+  lines += ["", ("Loop img/s counts evaluation and checkpointing amortised over each config's "
+                 "eval_every / checkpoint_every (the N above). Peak memory: "
+                 + "; ".join(kinds) + ".")]
   return "\n".join(lines) + "\n"
 
 
@@ -666,7 +748,7 @@ def parse_args(argv=None):
                       help=f"comma-separated, from {', '.join(CONFIGS)}")
   parser.add_argument("--steps", type=int, default=None,
                       help="timed steps of the bare step (4 windows) and of the loop "
-                           "(default 400; 20 with --tiny)")
+                           "(default 400; 40 with --tiny)")
   parser.add_argument("--out", default=None,
                       help="JSON report; the Markdown summary goes beside it (.md). Default "
                            "benchmarks/results/latest.json (tiny.json with --tiny)")
@@ -680,15 +762,19 @@ def parse_args(argv=None):
   parser.add_argument("--no_first_step", action="store_true",
                       help="skip the fresh-process first-step measurement")
   parser.add_argument("--timeout", type=float, default=0, help="seconds per child process")
+  parser.add_argument("--cache_dir", default="",
+                      help="persistent compilation cache to use instead of a fresh temporary "
+                           "one (then compile_s_cold is only cold if the cache is empty; for "
+                           "quick smoke tests)")
   parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
   parser.add_argument("--_name", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--_cache_dir", dest="cache_dir", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--_cache_dir", dest="child_cache_dir", default="", help=argparse.SUPPRESS)
   parser.add_argument("--_result", default="", help=argparse.SUPPRESS)
   parser.add_argument("--_launch_time", dest="launch_time", type=float, default=0.0,
                       help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.steps is None:
-    args.steps = 20 if args.tiny else 400
+    args.steps = 40 if args.tiny else 400
   if args.out is None:
     args.out = os.path.join(ROOT, "benchmarks", "results",
                             "tiny.json" if args.tiny else "latest.json")
@@ -701,7 +787,7 @@ def main(argv=None) -> int:
     fn = measure if args._child == "measure" else first_step  # pylint: disable=protected-access
     try:
       result = fn(args._name, args)  # pylint: disable=protected-access
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001  # pylint: disable=broad-except
       traceback.print_exc()
       return 1
     with open(args._result, "w") as f:  # pylint: disable=protected-access
@@ -718,11 +804,12 @@ def main(argv=None) -> int:
       "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
       "command": " ".join(["python -m benchmarks.run"] + (argv if argv is not None
                                                            else sys.argv[1:])),
-      "tiny": args.tiny, "steps": args.steps, "eval": args.eval, "configs": {}}
+      "tiny": args.tiny, "steps": args.steps, "eval": args.eval,
+      "fresh_compilation_cache": not args.cache_dir, "configs": {}}
   with tempfile.TemporaryDirectory(prefix="amr_bench_") as tmp:
     for name in names:
-      cache_dir = os.path.join(tmp, f"xla_cache_{name}")  # fresh: the first compile is cold
-      os.makedirs(cache_dir)
+      cache_dir = args.cache_dir or os.path.join(tmp, f"xla_cache_{name}")  # fresh: cold
+      os.makedirs(cache_dir, exist_ok=True)
       t0 = time.time()
       result = _child("measure", name, args, cache_dir, os.path.join(tmp, f"{name}.json"))
       if "error" not in result and not args.no_first_step:
@@ -732,9 +819,9 @@ def main(argv=None) -> int:
       if "hardware" in result:
         report["hardware"] = result.pop("hardware")
       report["configs"][name] = result
-      status = result.get("error", "").splitlines()[-1:] or [
+      status = result.get("error", "").splitlines()[-1:] or [(
           f"step {result['step_images_per_s']:.1f} img/s, loop {result['loop_images_per_s']:.1f}"
-          f" img/s, ratio {result['loop_to_step_ratio']:.3f}"]
+          f" img/s, ratio {result['loop_to_step_ratio']:.3f}")]
       print(f"{name}: {status[0]} ({result['wall_s']:.0f} s)", flush=True)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:

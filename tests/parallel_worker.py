@@ -2,6 +2,7 @@
 
   python tests/parallel_worker.py step OUT          # 4 CPU devices: one step on 1 vs 4 devices
   python tests/parallel_worker.py train OUT WORKDIR STEPS [COORD NPROC PID]
+      (AMR_TEST_NUM_SEEDS=N: N seeds side by side)
 """
 
 import os
@@ -53,6 +54,7 @@ def one_step_on_1_and_4_devices(out):
 
 
 def train(out, workdir, steps, coordinator=None, num_processes=1, process_id=0):
+  """Trains the tiny config; AMR_TEST_NUM_SEEDS > 1 trains that many seeds side by side."""
   from amr_jax import parallel, train as train_lib
   from experiments.configs import tiny
 
@@ -60,6 +62,7 @@ def train(out, workdir, steps, coordinator=None, num_processes=1, process_id=0):
     parallel.initialize_distributed(coordinator, int(num_processes), int(process_id))
   config = tiny.get_config()
   config.num_train_steps = int(steps)
+  config.num_seeds = int(os.environ.get("AMR_TEST_NUM_SEEDS", "1"))
   state, summary = train_lib.train_and_evaluate(config, workdir)
   np.savez(out, **flatten(state))
   print("summary", summary, "devices", jax.device_count(), "processes", jax.process_count(),

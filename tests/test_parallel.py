@@ -22,9 +22,9 @@ def worker_env(devices):
   return env
 
 
-def run_worker(*args, devices, timeout=600):
+def run_worker(*args, devices, timeout=600, **env):
   result = subprocess.run([sys.executable, str(WORKER), *map(str, args)], cwd=ROOT,
-                          env=worker_env(devices), capture_output=True, text=True,
+                          env={**worker_env(devices), **env}, capture_output=True, text=True,
                           timeout=timeout)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
@@ -101,3 +101,14 @@ def test_two_process_checkpoint_restores_in_one_process_and_continues(two_proces
   result = run_worker("train", tmp / "continued.npz", workdir, 6, devices=1)
   assert "'step': 6" in result.stdout
   assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
+
+
+def test_seeds_side_by_side_on_4_devices_equal_1_device(tmp_path):
+  # The batch of a multi-seed run is (seeds, rows, ...), split over devices along the rows.
+  for devices in (1, 4):
+    run_worker("train", tmp_path / f"d{devices}.npz", tmp_path / f"run{devices}", 2,
+               devices=devices, AMR_TEST_NUM_SEEDS="2")
+  one, four = np.load(tmp_path / "d1.npz"), np.load(tmp_path / "d4.npz")
+  assert one[".step"].shape == (2,)
+  for name in one.files:
+    assert_close(four[name], one[name], name)

@@ -1,0 +1,44 @@
+"""The speed benchmark end to end on its tiny setting: it runs and writes a complete report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import run as bench
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ("step_images_per_s", "loop_images_per_s", "loop_to_step_ratio", "flops_per_step",
+            "roofline_flops_per_s", "roofline_fraction", "compile_s_cold", "compile_s_warm",
+            "peak_memory_bytes")
+
+
+def test_tiny_run_writes_json_and_markdown(tmp_path):
+  out = tmp_path / "report.json"
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true", TF_CPP_MIN_LOG_LEVEL="3")
+  # The tests' compilation cache (conftest.py): after the first run, compiles are read from it.
+  cache = os.path.join(os.path.expanduser(
+      os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla")), "benchmarks")
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.run", "--tiny", "--configs=mnist_dim32", "--steps=10",
+       "--no_first_step", f"--cache_dir={cache}", f"--out={out}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  row = report["configs"]["mnist_dim32"]
+  for key in REQUIRED:
+    assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row.get(key))
+  assert row["batch_size"] == 8 and row["width"] == 2
+  # XLA counts the conditional's costlier branch; the average over a g_every cycle is lower.
+  assert row["flops_per_step"] < row["flops_per_step_xla"]
+  assert row["cache_events_warm"].get("cache_hits", 0) >= 1  # the warm compile read the cache
+  assert report["hardware"]["jax_version"] and report["hardware"]["platform"]
+  summary = (tmp_path / "report.md").read_text()
+  assert "| mnist_dim32 | 8 |" in summary
+
+
+def test_markdown_marks_a_failed_config():
+  report = {"created": "now", "command": "python -m benchmarks.run", "tiny": True,
+            "hardware": {}, "configs": {"dsprites": {"error": "boom"}}}
+  assert "| dsprites | error" in bench.markdown(report)
