@@ -38,6 +38,8 @@ from typing import Iterator
 
 import numpy as np
 
+from amr_jax.data import image as image_lib
+
 __all__ = [
     "FACTOR_NAMES", "FACTOR_SIZES", "SHAPES", "IMAGE_SIZE", "SCALES", "ORIENTATIONS",
     "POSITIONS", "num_images", "index_to_factors", "factors_to_index", "render",
@@ -228,18 +230,14 @@ def iterate(chunk: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
     yield start, render_indices(np.arange(start, min(start + chunk, num_images())))
 
 
-class LazyImages:
+class LazyImages(image_lib.LazyFloatImages):
   """The images of a set of dSprites factors, rendered when indexed (lazy; nothing is stored).
 
-  Stands in for an (N, 64, 64, 1) float32 array in [-1, 1] (0 -> -1, 1 -> 1) where the
-  pipeline indexes one: ``images[int_array]``, ``images[slice]``, ``images[int]``,
-  ``images.shape``, ``len(images)``, ``np.asarray(images)`` (renders everything: keep N small).
-  Rendering a training batch of 64 takes about a millisecond; holding all 737,280 images as
-  float32 would take 12 GB.
+  Stands in for an (N, 64, 64, 1) float32 array in [-1, 1] (0 -> -1, 1 -> 1); see
+  ``LazyFloatImages`` for the indexing it supports (``np.asarray`` renders everything: keep N
+  small). Rendering a training batch of 64 takes about a millisecond; holding all 737,280 images
+  as float32 would take 12 GB.
   """
-
-  dtype = np.dtype(np.float32)
-  ndim = 4
 
   def __init__(self, factors: np.ndarray):
     """``factors``: (N, 5) integer factor indices (see :data:`FACTOR_NAMES`)."""
@@ -252,29 +250,12 @@ class LazyImages:
   def shape(self) -> tuple[int, int, int, int]:
     return (len(self._factors), IMAGE_SIZE, IMAGE_SIZE, 1)
 
-  def __len__(self) -> int:
-    return len(self._factors)
-
-  def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
-    """(n, 64, 64, 1) float32 for an index array or slice, (64, 64, 1) for an int."""
-    if isinstance(key, (int, np.integer)):
-      if not -len(self) <= key < len(self):
-        raise IndexError(f"index {key} out of range for {len(self)} images")
-      return self[np.array([key])][0]
-    if not isinstance(key, slice):
-      key = np.asarray(key)
-      if key.dtype == bool or not np.issubdtype(key.dtype, np.integer):
-        raise TypeError(f"LazyImages takes an int, a slice or an int array; got {key.dtype}")
+  def _images(self, key: slice | np.ndarray) -> np.ndarray:
     images = render(self._factors[key].reshape(-1, len(FACTOR_SIZES)))
     x = images.astype(np.float32)
     x *= np.float32(2.0)
     x -= np.float32(1.0)
     return x.reshape(*self._factors[key].shape[:-1], IMAGE_SIZE, IMAGE_SIZE, 1)
-
-  def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
-    del copy  # Always a new array.
-    x = self[:]
-    return x if dtype is None else x.astype(dtype)
 
   def __repr__(self) -> str:
     return f"LazyImages(shape={self.shape}, dtype=float32, rendered on indexing)"

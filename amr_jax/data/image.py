@@ -117,16 +117,48 @@ def resize_bilinear(images: np.ndarray, size: int, *, chunk: int = 8192) -> np.n
   return out
 
 
-class LazyUint8Images:
-  """uint8 images held as they are, scaled to float32 in [-1, 1] only when indexed.
-
-  Stands in for the (N, H, W, C) float32 array ``uint8_to_unit_range(pixels)`` where the
-  pipeline indexes one: ``images[int_array]``, ``images[slice]``, ``images[int]``,
-  ``images.shape``, ``len(images)``, ``np.asarray(images)`` (converts everything). Each index
-  gives a new float32 array; ``pixels`` is kept (not copied) and must not change.
-  """
+class LazyFloatImages:
+  """Base of image arrays made only when indexed: stands in for an (N, H, W, C) float32 array in
+  [-1, 1] where the pipeline indexes one: ``images[int_array]``, ``images[slice]``,
+  ``images[int]``, ``images.shape``, ``len(images)``, ``np.asarray(images)`` (makes everything).
+  Subclasses define ``shape`` and ``_images(key)`` for an int array or a slice."""
 
   dtype = np.dtype(np.float32)
+  ndim = 4
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    raise NotImplementedError
+
+  def _images(self, key: slice | np.ndarray) -> np.ndarray:
+    raise NotImplementedError
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+    """(n, H, W, C) float32 for an index array or slice, (H, W, C) for an int."""
+    name = type(self).__name__
+    if isinstance(key, (int, np.integer)):
+      if not -len(self) <= key < len(self):
+        raise IndexError(f"index {key} out of range for {len(self)} images")
+      return self._images(np.array([key]))[0]
+    if not isinstance(key, slice):
+      key = np.asarray(key)
+      if key.dtype == bool or not np.issubdtype(key.dtype, np.integer):
+        raise TypeError(f"{name} takes an int, a slice or an int array; got {key.dtype}")
+    return self._images(key)
+
+  def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+    del copy  # Always a new array.
+    x = self[:]
+    return x if dtype is None else x.astype(dtype)
+
+
+class LazyUint8Images(LazyFloatImages):
+  """uint8 images held as they are, scaled to float32 in [-1, 1] only when indexed (see
+  LazyFloatImages). Each index gives a new float32 array; ``pixels`` is kept (not copied) and
+  must not change."""
 
   def __init__(self, pixels: np.ndarray):
     """``pixels``: (N, H, W, C) uint8."""
@@ -138,26 +170,8 @@ class LazyUint8Images:
   def shape(self) -> tuple[int, ...]:
     return self.pixels.shape
 
-  @property
-  def ndim(self) -> int:
-    return self.pixels.ndim
-
-  def __len__(self) -> int:
-    return len(self.pixels)
-
-  def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
-    """(n, H, W, C) float32 for an index array or slice, (H, W, C) for an int."""
-    if not isinstance(key, (int, np.integer, slice)):
-      key = np.asarray(key)
-      if key.dtype == bool or not np.issubdtype(key.dtype, np.integer):
-        raise TypeError(f"LazyUint8Images takes an int, a slice or an int array; got "
-                        f"{key.dtype}")
+  def _images(self, key: slice | np.ndarray) -> np.ndarray:
     return uint8_to_unit_range(self.pixels[key])
-
-  def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
-    del copy  # Always a new array.
-    x = self[:]
-    return x if dtype is None else x.astype(dtype)
 
   def __repr__(self) -> str:
     return f"LazyUint8Images(shape={self.shape}, dtype=float32, stored as uint8)"
