@@ -52,6 +52,8 @@ def get_config(arg: str | None = None):
   for option in options:
     if option == "runlocal":
       config.num_train_steps = 600
+      config.g_every = 1  # few steps: the generator learns on every one
+      config.optim.probe_lr = 1e-3
       config.eval_every = config.checkpoint_every = 300
       config.log_every = 50
       config.disentanglement.num_votes = 100
