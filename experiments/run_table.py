@@ -77,6 +77,9 @@ def run_row(module, row: str, seeds: int, workdir: str, overrides: list[str],
   start = time.time()
   _, summary = train.train_and_evaluate(config, workdir)
   wall = time.time() - start
+  if summary["step"] < config.num_train_steps:  # pre-empted (SIGTERM): the row is unfinished
+    raise SystemExit(f"row {row!r} stopped at step {summary['step']} of "
+                     f"{config.num_train_steps} (pre-empted); run the same command to resume")
   per_seed = lambda name: (summary.get(f"{name}_per_seed") or [summary[name]])
   result = {
       "row": row, "model": config.model, "mixer": config.mixer, "k": config.k,
