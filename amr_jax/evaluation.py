@@ -29,23 +29,28 @@ def make_correct_count(probe_logits: Callable, mesh: Mesh, *, seeds_axis: bool =
   return parallel.jit_data_parallel(count, mesh, batch_args=(1, 2, 3), num_args=4)
 
 
+def _padded_batches(mesh: Mesh, arrays: dict[str, np.ndarray], batch_size: int):
+  """Global batches covering ``arrays`` (each indexed by example) in order, the last one padded
+  by repeating the final example; each carries 'weight' (1, or 0 on padding). Every process
+  supplies only its own rows, so this works for any number of devices and processes."""
+  total = len(next(iter(arrays.values())))
+  rows = parallel.local_rows(batch_size)
+  for start in range(0, total, batch_size):
+    positions = np.arange(start, start + batch_size)
+    weights = (positions < total).astype(np.float32)
+    positions = np.minimum(positions, total - 1)[rows]
+    local = {name: values[positions] for name, values in arrays.items()}
+    yield parallel.global_batch(mesh, {**local, "weight": weights[rows]})
+
+
 def probe_accuracy(count: Callable, state: TrainState, mesh: Mesh, images: np.ndarray,
                    labels: np.ndarray, batch_size: int) -> np.ndarray:
   """Accuracy of the probe on (images, labels): shape () or (seeds,) as ``count`` returns. The
   last batch is padded with weight-0 rows, so every example counts exactly once whatever the
   number of devices and processes."""
-  total = len(labels)
-  correct = []
-  for start in range(0, total, batch_size):
-    positions = np.arange(start, start + batch_size)
-    weights = (positions < total).astype(np.float32)
-    positions = np.minimum(positions, total - 1)
-    rows = parallel.local_rows(batch_size)
-    local = {"image": images[positions[rows]], "label": labels[positions[rows]],
-             "weight": weights[rows]}
-    batch = parallel.global_batch(mesh, local)
-    correct.append(count(state, batch["image"], batch["label"], batch["weight"]))
-  return np.sum([parallel.to_host(c) for c in correct], axis=0) / total
+  correct = [count(state, batch["image"], batch["label"], batch["weight"])
+             for batch in _padded_batches(mesh, {"image": images, "label": labels}, batch_size)]
+  return np.sum([parallel.to_host(c) for c in correct], axis=0) / len(labels)
 
 
 def make_encode(code_fn: Callable, mesh: Mesh) -> Callable:
@@ -56,14 +61,9 @@ def make_encode(code_fn: Callable, mesh: Mesh) -> Callable:
 def encode_all(encode: Callable, state: TrainState, mesh: Mesh, images: np.ndarray,
                batch_size: int) -> np.ndarray:
   """Codes of every image, batch by batch, the last batch padded (and the padding dropped)."""
-  total = len(images)
-  codes = []
-  for start in range(0, total, batch_size):
-    positions = np.minimum(np.arange(start, start + batch_size), total - 1)
-    rows = parallel.local_rows(batch_size)
-    batch = parallel.global_batch(mesh, {"image": images[positions[rows]]})
-    codes.append(parallel.to_host(encode(state, batch["image"]))[:total - start])
-  return np.concatenate(codes).reshape(total, -1)
+  codes = [parallel.to_host(encode(state, batch["image"]))
+           for batch in _padded_batches(mesh, {"image": images}, batch_size)]
+  return np.concatenate(codes)[:len(images)].reshape(len(images), -1)
 
 
 def disentanglement_scores(encode: Callable, state: TrainState, mesh: Mesh, render: Callable,

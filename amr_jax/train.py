@@ -52,14 +52,9 @@ def build_networks(config: ml_collections.ConfigDict, dataset: data_lib.Dataset
 
 
 def num_attributes(config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> int:
-  """Attributes the supervised mixer conditions on (0 when supervised AMR is off)."""
-  if not config.supervised.enabled:
-    return 0
-  if dataset.train.attributes is None:
-    raise config_lib.ConfigError(
-        f"config.supervised.enabled=True is not allowed for data.name={dataset.name!r}; allowed "
-        "only with datasets that have binary attributes (dsprites, celeb_a)")
-  return dataset.train.attributes.shape[1]
+  """Attributes the supervised mixer conditions on (0 when supervised AMR is off; config
+  validation already allows it only for datasets with attributes)."""
+  return dataset.train.attributes.shape[1] if config.supervised.enabled else 0
 
 
 def latent_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -153,9 +148,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   seeds = [config.seed + i for i in range(config.num_seeds)]
   multi = len(seeds) > 1
 
-  def per_seed(fn, in_axes=0):
+  def per_seed(fn):
     """``fn`` over the seeds axis (vmap) when several seeds train side by side."""
-    return jax.vmap(fn, in_axes=in_axes) if multi else fn
+    return jax.vmap(fn) if multi else fn
 
   # Keys are derived inside the jitted functions (from the seed and the state's step), so every
   # process computes the same ones and no host-local array enters a multi-process computation.
