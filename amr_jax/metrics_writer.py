@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -11,11 +12,17 @@ from typing import Any
 class MetricsWriter:
   """Appends ``{"step": s, **metrics}`` lines to WORKDIR/metrics.jsonl and scalars to
   WORKDIR/tensorboard. On resume, lines after ``resume_step`` (written by a run that died before
-  its next checkpoint) are dropped, so the file tells one consistent history."""
+  its next checkpoint) are dropped, so the file tells one consistent history.
 
-  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
+  TensorBoard needs TensorFlow, whose import takes seconds: it and every event-file write run in
+  one background thread, in order, so the first training step does not wait for them.
+  ``close`` waits for them to finish.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0,
+               tensorboard: bool = True):
     self._enabled = enabled
-    self._summary = None
+    self._tensorboard = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -25,26 +32,52 @@ class MetricsWriter:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
       with open(self._path, "w") as f:
         f.writelines(kept)
-    try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.set_visible_devices([], "GPU")  # TF must leave accelerators to JAX
-      self._tf = tf
-      self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-    except ImportError:
-      logging.warning("tensorflow is not installed: no TensorBoard event files")
+    if tensorboard:
+      self._tensorboard = concurrent.futures.ThreadPoolExecutor(
+          max_workers=1, thread_name_prefix="amr_jax-tensorboard")
+      self._summary = self._tensorboard.submit(
+          _create_summary_writer, os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self._enabled:
       return
     with open(self._path, "a") as f:
       f.write(json.dumps({"step": step, **metrics}) + "\n")
-    if self._summary is not None:
-      with self._summary.as_default(step=step):
-        for name, value in metrics.items():
-          if isinstance(value, (int, float)):  # per-seed lists stay in metrics.jsonl
-            self._tf.summary.scalar(name, value)
-      self._summary.flush()
+    if self._tensorboard is not None:
+      scalars = {name: value for name, value in metrics.items()
+                 if isinstance(value, (int, float))}  # per-seed lists stay in metrics.jsonl
+      self._tensorboard.submit(self._write_scalars, step, scalars)
+
+  def _write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    summary = self._summary.result()
+    if summary is None:
+      return
+    writer, tf = summary
+    with writer.as_default(step=step):
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value)
+    writer.flush()
 
   def close(self) -> None:
-    if self._summary is not None:
-      self._summary.close()
+    """Finishes the TensorBoard writes; re-raises an error one of them met."""
+    if self._tensorboard is None:
+      return
+    done = self._tensorboard.submit(self._close_summary)
+    self._tensorboard.shutdown(wait=True)
+    self._tensorboard = None
+    done.result()
+
+  def _close_summary(self) -> None:
+    summary = self._summary.result()
+    if summary is not None:
+      summary[0].close()
+
+
+def _create_summary_writer(logdir: str):
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("tensorflow is not installed: no TensorBoard event files")
+    return None
+  tf.config.set_visible_devices([], "GPU")  # TF must leave accelerators to JAX
+  return tf.summary.create_file_writer(logdir), tf

@@ -269,17 +269,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                 **meta}
     return _summarise(per_seed)
 
-  # Metrics stay on device and are fetched in groups, so the host never waits on every step.
+  # Metrics stay on device. At a log step the window's metrics start copying to the host and
+  # are read at the next log step, long after they arrived, so the host never waits for the
+  # device there; evaluations and checkpoints, which need the state anyway, read everything.
   pending: list[tuple[int, dict[str, jax.Array]]] = []
+  in_flight: list[tuple[int, dict[str, jax.Array]]] = []  # the last window, on its way
+  last_read = (time.time(), start_step)
   stop_reason = None
+
+  def read_window(window) -> tuple[dict[str, float], str | None]:
+    """Means of a window's metrics (and over the seeds), or the first non-finite value."""
+    nonlocal last_read
+    history = [(s, parallel.to_host(m)) for s, m in window]
+    bad = _first_non_finite(history)
+    record = {name: float(np.mean([m[name] for _, m in history])) for name in history[-1][1]}
+    now, end = time.time(), window[-1][0]
+    record["steps_per_s"] = (end - last_read[1]) / max(now - last_read[0], 1e-9)
+    last_read = (now, end)
+    return record, bad
+
+  def batch_at(s: int) -> dict[str, jax.Array]:
+    return parallel.global_batch(mesh, local_batch(s), seeds_axis=multi)
+
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step, disable=not is_main,
                        dynamic_ncols=True, desc="train")
-  last_time, last_step = time.time(), start_step
-  with _Preemption() as preemption:
+  with _Preemption() as preemption, data_lib.Prefetcher(
+      batch_at, start_step, config.num_train_steps) as batches:
     step = start_step
     while step < config.num_train_steps:
-      batch = parallel.global_batch(mesh, local_batch(step), seeds_axis=multi)
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batches.next())
       pending.append((step + 1, metrics))
       step += 1
       progress.update(1)
@@ -289,22 +307,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       checkpoint_now = step % config.checkpoint_every == 0 or is_last or preempted
       eval_now = step % config.eval_every == 0 or is_last
       if step % config.log_every == 0 or checkpoint_now or eval_now:
-        history = [(s, parallel.to_host(m)) for s, m in pending]
-        pending.clear()
-        bad = _first_non_finite(history)
-        if bad is not None:
-          stop_reason = bad
+        windows = [in_flight] if in_flight else []
+        if checkpoint_now or eval_now:
+          windows.append(pending)
+          in_flight = []
+        else:
+          for _, m in pending:
+            jax.tree.map(lambda a: a.copy_to_host_async(), m)
+          in_flight = pending
+        pending = []
+        for window in windows:
+          record, stop_reason = read_window(window)
+          if stop_reason is not None:
+            break
+          if eval_now and window[-1][0] == step:
+            record.update(evaluate(step))
+          writer.write(window[-1][0], record)
+          progress.set_postfix({k: f"{record[k]:.3g}" for k in
+                                ("d_loss", "g_loss", "recon", "probe_acc") if k in record})
+        if stop_reason is not None:
           break
-        # Means over the steps since the last log (and over the seeds).
-        record = {name: float(np.mean([m[name] for _, m in history])) for name in history[-1][1]}
-        now = time.time()
-        record["steps_per_s"] = (step - last_step) / max(now - last_time, 1e-9)
-        last_time, last_step = now, step
-        if eval_now:
-          record.update(evaluate(step))
-        writer.write(step, record)
-        progress.set_postfix({k: f"{record[k]:.3g}" for k in
-                              ("d_loss", "g_loss", "recon", "probe_acc") if k in record})
       if checkpoint_now:
         bad_parts = [name for name, ok in parallel.to_host(finite_parts(state)).items() if not ok]
         if bad_parts:  # never let a non-finite state overwrite a good checkpoint

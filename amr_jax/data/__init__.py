@@ -3,7 +3,8 @@
 ``load`` returns train / valid / test splits as numpy arrays ((N, H, W, C) float32 in [-1, 1],
 (N,) int32 labels, and for 'dsprites' and 'celeb_a' (N, A) float32 binary attributes);
 ``batch_indices(seed, step, ...)`` says which training examples form the batch at a step, as a
-pure function, so resumed runs see the same batches.
+pure function, so resumed runs see the same batches; ``Prefetcher`` builds them ahead in a
+background thread.
 ``check_available`` tells, before anything compiles, whether ``load`` can get the data offline.
 """
 
@@ -17,6 +18,7 @@ from amr_jax.data.datasets import Dataset
 from amr_jax.data.datasets import Split
 from amr_jax.data.datasets import check_available
 from amr_jax.data.datasets import load
+from amr_jax.data.prefetch import Prefetcher
 
 __all__ = ["DATASETS", "CELEBA_DEFAULT_ATTRIBUTES", "DSPRITES_ATTRIBUTES", "Dataset", "Split",
-           "load", "batch_indices", "check_available"]
+           "load", "batch_indices", "Prefetcher", "check_available"]

@@ -1,0 +1,51 @@
+"""The training loop's host side: metrics read one window late, TensorBoard off the main thread."""
+
+import json
+
+import numpy as np
+import pytest
+
+from amr_jax import train
+from amr_jax.metrics_writer import MetricsWriter
+from experiments.configs import tiny
+
+
+def metrics(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return {r["step"]: r for r in map(json.loads, f)}
+
+
+def test_late_read_windows_hold_the_same_steps_as_per_step_records(tmp_path):
+  """Logging every step and every 3 steps, with evaluations only at the end, is the same
+  training; each 3-step record is the mean of that window's per-step records."""
+  def run(log_every, name):
+    config = tiny.get_config()
+    config.num_train_steps = 7
+    config.log_every = log_every
+    config.eval_every = config.checkpoint_every = 7
+    train.train_and_evaluate(config, str(tmp_path / name))
+    return metrics(tmp_path / name)
+
+  every_step, every_third = run(1, "a"), run(3, "b")
+  assert list(every_step) == [1, 2, 3, 4, 5, 6, 7]
+  assert list(every_third) == [3, 6, 7]
+  for end, steps in ((3, (1, 2, 3)), (6, (4, 5, 6)), (7, (7,))):
+    for name in ("d_loss", "g_loss", "recon", "probe_loss"):
+      np.testing.assert_allclose(every_third[end][name],
+                                 np.mean([every_step[s][name] for s in steps]), rtol=1e-5)
+  assert "valid_probe_acc" in every_third[7] and "valid_probe_acc" not in every_third[6]
+
+
+def test_tensorboard_events_hold_every_scalar(tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  writer = MetricsWriter(str(tmp_path))
+  writer.write(1, {"loss": 0.5, "per_seed": [1.0, 2.0]})
+  writer.write(2, {"loss": 0.25})
+  writer.close()
+  (events,) = (tmp_path / "tensorboard").iterdir()
+  seen = []
+  for event in tf.compat.v1.train.summary_iterator(str(events)):
+    for value in event.summary.value:
+      seen.append((event.step, value.tag, float(tf.make_ndarray(value.tensor))))
+  assert seen == [(1, "loss", 0.5), (2, "loss", 0.25)]
+  assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2]
