@@ -15,17 +15,20 @@ from amr_jax import parallel
 from amr_jax.train_state import TrainState
 
 
-def make_correct_count(probe_logits: Callable, mesh: Mesh, *, seeds_axis: bool = False
-                       ) -> Callable:
-  """Jitted ``count(state, images, labels, weights) -> number of correct weighted examples``;
-  with ``seeds_axis`` the state has a leading seeds axis and so has the count."""
+def make_correct_count(probe_logits: Callable, mesh: Mesh, *,
+                       over_seeds: Callable | None = None) -> Callable:
+  """Jitted ``count(state, images, labels, weights) -> number of correct weighted examples``.
+
+  ``over_seeds``, when given, maps the count over a leading seeds axis of the state (the images,
+  labels and weights are shared), and the count then has that axis too.
+  """
 
   def count(state: TrainState, images: jax.Array, labels: jax.Array, weights: jax.Array):
     correct = jnp.argmax(probe_logits(state, images), -1) == labels
     return jnp.sum(correct * weights)
 
-  if seeds_axis:
-    count = jax.vmap(count, in_axes=(0, None, None, None))
+  if over_seeds is not None:
+    count = over_seeds(count)
   return parallel.jit_data_parallel(count, mesh, batch_args=(1, 2, 3), num_args=4)
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +99,35 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def resolve_seed_batching(mode: str) -> str:
+  """'auto' -> 'unroll' on CPU, else 'vmap'. Measured on XLA:CPU (acai32, width 16, batch 64,
+  3 seeds): vmap 28 images/s, whose per-seed weights turn every convolution into a grouped one;
+  lax.map about as slow; unrolled 172 images/s, against 140 for one seed alone."""
+  if mode == "auto":
+    return "unroll" if jax.default_backend() == "cpu" else "vmap"
+  return mode
+
+
+def over_seeds(fn: Callable, mode: str, shared: tuple[int, ...] = ()) -> Callable:
+  """``fn`` applied over a leading seeds axis of its arguments (except those in ``shared``,
+  which every seed sees whole), inside one traced function: ``jax.vmap`` (one batched
+  computation) or 'unroll' (one copy of ``fn`` per seed, results stacked). Either way each seed
+  computes what it would compute alone."""
+  if mode not in ("vmap", "unroll"):
+    raise ValueError(f"seed batching must be 'vmap' or 'unroll'; got {mode!r}")
+
+  def seeded(*args):
+    if mode == "vmap":
+      in_axes = tuple(None if i in shared else 0 for i in range(len(args)))
+      return jax.vmap(fn, in_axes=in_axes)(*args)
+    num_seeds = jax.tree.leaves([a for i, a in enumerate(args) if i not in shared])[0].shape[0]
+    outs = [fn(*(a if i in shared else jax.tree.map(lambda x: x[s], a)
+                 for i, a in enumerate(args))) for s in range(num_seeds)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  return seeded
+
+
 def _first_non_finite(history: list[tuple[int, dict[str, np.ndarray]]]) -> str | None:
   for step, metrics in history:
     for name, value in metrics.items():
@@ -148,9 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   seeds = [config.seed + i for i in range(config.num_seeds)]
   multi = len(seeds) > 1
 
+  batching = resolve_seed_batching(config.seed_batching)
+
   def per_seed(fn):
-    """``fn`` over the seeds axis (vmap) when several seeds train side by side."""
-    return jax.vmap(fn) if multi else fn
+    """``fn`` over the seeds axis when several seeds train side by side."""
+    return over_seeds(fn, batching) if multi else fn
 
   # Keys are derived inside the jitted functions (from the seed and the state's step), so every
   # process computes the same ones and no host-local array enters a multi-process computation.
@@ -178,7 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       name: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(part)]))
       for name, part in vars(s).items() if name != "step"}, out_shardings=parallel.replicated(mesh))
   count_correct = evaluation.make_correct_count(
-      train_step_lib.make_probe_logits(nets, config), mesh, seeds_axis=multi)
+      train_step_lib.make_probe_logits(nets, config), mesh,
+      over_seeds=(lambda fn: over_seeds(fn, batching, shared=(1, 2, 3))) if multi else None)
   pictures_fn = jax.jit(
       lambda s, x: train_step_lib.generated_images(
           config, nets, s, x, jax.random.fold_in(jax.random.key(seeds[0]), _PICTURES)),

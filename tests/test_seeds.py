@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from amr_jax import train
 from experiments.configs import tiny
@@ -15,8 +16,10 @@ def tiny_config(**overrides):
   return config
 
 
-def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path):
-  both, summary = train.train_and_evaluate(tiny_config(seed=3, num_seeds=2), str(tmp_path / "b"))
+@pytest.mark.parametrize("batching", ["vmap", "unroll"])
+def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path, batching):
+  both, summary = train.train_and_evaluate(
+      tiny_config(seed=3, num_seeds=2, seed_batching=batching), str(tmp_path / "b"))
   assert jax.tree.leaves(both)[0].shape[0] == 2  # a leading seeds axis
   for i, seed in enumerate((3, 4)):
     alone, alone_summary = train.train_and_evaluate(tiny_config(seed=seed),
@@ -24,10 +27,23 @@ def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path):
     assert int(alone.step) == 2
     for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(both)):
       a, b = np.asarray(a, np.float64), np.asarray(b[i], np.float64)
-      # vmap may fuse and order float sums differently: equal to float32 precision.
+      # Batched code may fuse and order float sums differently: equal to float32 precision.
       assert np.abs(a - b).max(initial=0) <= 1e-4 * max(np.abs(a).max(initial=0), 1e-6)
     for name in ("best_valid_probe_acc", "test_probe_acc_at_best", "best_step"):
       assert summary[f"{name}_per_seed"][i] == alone_summary[name], name
   # The seeds really differ: different initial parameters, draws and batches.
   leaf = np.asarray(jax.tree.leaves(both.generator)[0])
   assert not np.array_equal(leaf[0], leaf[1])
+
+
+def test_auto_batching_unrolls_on_cpu_and_vmaps_elsewhere():
+  expected = "unroll" if jax.default_backend() == "cpu" else "vmap"
+  assert train.resolve_seed_batching("auto") == expected
+  assert train.resolve_seed_batching("vmap") == "vmap"
+
+
+def test_shared_arguments_are_seen_whole_by_every_seed():
+  fn = lambda w, x: w * x
+  w, x = np.arange(3.0)[:, None], np.ones((3, 4))  # x: not per seed, though its axis 0 is 3
+  for mode in ("vmap", "unroll"):
+    np.testing.assert_array_equal(train.over_seeds(fn, mode, shared=(1,))(w, x), w[:, :, None] * x)
