@@ -99,7 +99,8 @@ def run_row(module, row: str, seeds: int, workdir: str, overrides: list[str],
   return result
 
 
-def write_tables(results: list[dict], out: str, report: list[str], hardware: str) -> None:
+def write_tables(results: list[dict], out: str, report: list[str], hardware: str,
+                 overrides: list[str] = ()) -> None:
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   header = ["row", "model", "mixer", "k", "lamb", "paper", "valid (ours)", "test (ours)",
             *report, "seeds", "steps x batch"]
@@ -119,12 +120,16 @@ def write_tables(results: list[dict], out: str, report: list[str], hardware: str
     f.write(f"Probe accuracy in %: per seed, the best validation accuracy over training and the "
             f"test accuracy at that evaluation; mean +- std (ddof=1) over seeds. Hardware: "
             f"{hardware}.\n")
+    if overrides:
+      f.write("\nOverrides on every row (the rest as in the row's config): "
+              + " ".join(f"`{o}`" for o in overrides) + ".\n")
   with open(out + ".csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(header)
     writer.writerows(rows)
   with open(out + ".json", "w") as f:
-    json.dump({"hardware": hardware, "results": results}, f, indent=1)
+    json.dump({"hardware": hardware, "overrides": list(overrides), "results": results}, f,
+              indent=1)
 
 
 def main(argv):
@@ -146,7 +151,8 @@ def main(argv):
     results.append(run_row(module, row, FLAGS.seeds, os.path.join(FLAGS.workdir, name),
                            overrides, FLAGS.report))
     if jax.process_index() == 0:
-      write_tables(results, FLAGS.out, FLAGS.report, hardware)  # after each row: partial tables
+      # After each row: partial tables.
+      write_tables(results, FLAGS.out, FLAGS.report, hardware, overrides)
   if jax.process_index() == 0:
     print(open(FLAGS.out + ".md").read())
 

@@ -32,6 +32,8 @@ def test_runner_writes_tables_with_every_seed_and_resumes(tmp_path):
     assert row["seeds"] == [0, 1] and len(row["valid"]) == 2 and len(row["test"]) == 2
     assert row["steps"] == 2
   assert "Hardware" in table
+  assert "Overrides on every row (the rest as in the row's config): `num_train_steps=2`" in table
+  assert details["overrides"] == ["num_train_steps=2"]
   # Both rows' runs finished: a second call reads them back and trains nothing more.
   again = run_table(tmp_path)
   assert "resuming from the checkpoint at step 2" in again.stdout
