@@ -7,6 +7,7 @@ pictures and checkpoints. Only process 0 writes logs and pictures; every process
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -193,13 +194,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       num_attributes(config, dataset)))(seed_keys()), out_shardings=parallel.replicated(mesh))()
   step_fn = train_step_lib.make_train_step(config, nets, optimizers)
 
-  def seeded_step(s, batch):
+  def seeded_step(s, batch, update_generator):
     return per_seed(lambda s1, b1, rng: step_fn(
-        s1, b1, jax.random.fold_in(jax.random.fold_in(rng, _TRAIN), s1.step)))(
+        s1, b1, jax.random.fold_in(jax.random.fold_in(rng, _TRAIN), s1.step), update_generator))(
             s, batch, seed_keys())
 
-  train_step = parallel.jit_data_parallel(seeded_step, mesh, batch_args=(1,), num_args=2,
-                                          donate_state=True, seeds_axis=multi)
+  # One compiled step with the generator's update and one without, picked on the host: no
+  # lax.cond in the step (see train_step.make_train_step). With g_every=1 only the first exists.
+  steps = {flag: parallel.jit_data_parallel(
+      functools.partial(seeded_step, update_generator=flag), mesh, batch_args=(1,), num_args=2,
+      donate_state=True, seeds_axis=multi) for flag in ((True,) if config.g_every == 1
+                                                        else (True, False))}
+  train_step = lambda s, batch, step: steps[step % config.g_every == 0](s, batch)
   # One seed's state out of the stack (pictures and disentanglement metrics are per seed).
   select = jax.jit(lambda s, i: jax.tree.map(lambda a: a[i], s) if multi else s,
                    static_argnums=1, out_shardings=parallel.replicated(mesh))
@@ -329,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       batch_at, start_step, config.num_train_steps) as batches:
     step = start_step
     while step < config.num_train_steps:
-      state, metrics = train_step(state, batches.next())
+      state, metrics = train_step(state, batches.next(), step)
       pending.append((step + 1, metrics))
       step += 1
       progress.update(1)

@@ -9,7 +9,8 @@ parameters and timed. Their sum against the whole step's time says how much of t
 contractions take and how fast each runs (FLOP/s, and the fraction of a float32 matmul roofline
 measured in the same process); the rest is elementwise work, reductions (instance norm,
 losses), the optimiser and data movement. ``--seeds`` also times the step with several seeds
-side by side (``config.num_seeds``, one vmapped step), in images/s over all seeds.
+side by side (``config.num_seeds``: vmapped or unrolled), in images/s over all seeds, with the
+generator updated every step.
 
 Writes a JSON report and prints a Markdown summary (also written beside the JSON).
 """
@@ -124,14 +125,14 @@ def seeds_images_per_s(config, dataset, num_seeds: int, mode: str, reps: int,
                   out_shardings=parallel.replicated(mesh))(keys)
   step_fn = train_step_lib.make_train_step(config, nets, optimizers)
   seeded = lambda s, b: train_lib.over_seeds(lambda s1, b1, k: step_fn(
-      s1, b1, jax.random.fold_in(k, s1.step)), mode)(s, b, keys)
+      s1, b1, jax.random.fold_in(k, s1.step), True), mode)(s, b, keys)  # G updated
   train_step = parallel.jit_data_parallel(seeded, mesh, batch_args=(1,), num_args=2,
                                           donate_state=True, seeds_axis=True)
   n = config.batch_size
   local = {"image": np.stack([dataset.train.images[:n]] * num_seeds),
            "label": np.stack([dataset.train.labels[:n]] * num_seeds)}
   batch = parallel.global_batch(mesh, local, seeds_axis=True)
-  for _ in range(2 * int(config.g_every)):
+  for _ in range(2):
     state, metrics = train_step(state, batch)
   jax.block_until_ready((state, metrics))
   best = float("inf")
@@ -156,9 +157,8 @@ def profile(args) -> dict[str, Any]:
   with bench.serve_dataset(dataset, "dsprites" not in bench.CONFIGS[args.config]):
     step = bench.StepBench(config, dataset)
     state = step.new_state()
-    # The update branch of the step (g_every=1 has no conditional; otherwise both branches
-    # appear and the costlier, the generator's update, is the one listed).
-    jaxpr = jax.make_jaxpr(step.train_step)(state, step.batch).jaxpr
+    # The step with the generator's update (the loop compiles it apart from the one without).
+    jaxpr = jax.make_jaxpr(step.train_steps[True])(state, step.batch).jaxpr
     step.state = None
     eqns = contractions(jaxpr)
     groups: dict[str, list] = collections.OrderedDict()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -225,12 +226,16 @@ class StepBench:
                          out_shardings=parallel.replicated(mesh))
     self.step_fn = step_fn = train_step_lib.make_train_step(config, nets, optimizers)
 
-    def seeded_step(s, batch):
+    def seeded_step(s, batch, update_generator):
       rng = jax.random.fold_in(jax.random.key(seed), train_lib._TRAIN)  # pylint: disable=protected-access
-      return step_fn(s, batch, jax.random.fold_in(rng, s.step))
+      return step_fn(s, batch, jax.random.fold_in(rng, s.step), update_generator)
 
-    self.train_step = parallel.jit_data_parallel(seeded_step, mesh, batch_args=(1,), num_args=2,
-                                                 donate_state=True)
+    # As the loop: one compiled step with the generator's update, one without (g_every > 1).
+    self.train_steps = {flag: parallel.jit_data_parallel(
+        functools.partial(seeded_step, update_generator=flag), mesh, batch_args=(1,),
+        num_args=2, donate_state=True) for flag in ((True,) if self.g_every == 1
+                                                    else (True, False))}
+    self.count = 0
     train = dataset.train
     local = {"image": np.asarray(train.images[:config.batch_size]),
              "label": train.labels[:config.batch_size]}
@@ -241,38 +246,38 @@ class StepBench:
 
   def new_state(self):
     self.state = self._init()
+    self.count = 0
     return self.state
+
+  def train_step(self, state, batch):
+    """The next step of the loop's sequence (the generator's update every g_every steps)."""
+    flag = self.count % self.g_every == 0
+    self.count += 1
+    return self.train_steps[flag](state, batch)
 
   def compile(self) -> dict[str, float]:
     """Times tracing + lowering and XLA's compilation of the step (AOT)."""
     state = self.state if self.state is not None else self.new_state()
-    t0 = time.perf_counter()
-    lowered = self.train_step.lower(state, self.batch)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    self.compiled = compiled
-    return {"lower_s": t1 - t0, "compile_s": t2 - t1, "total_s": t2 - t0}
+    lower_s = compile_s = 0.0
+    self.compiled = {}
+    for flag, step in self.train_steps.items():  # the loop needs each variant
+      t0 = time.perf_counter()
+      lowered = step.lower(state, self.batch)
+      t1 = time.perf_counter()
+      self.compiled[flag] = lowered.compile()
+      t2 = time.perf_counter()
+      lower_s, compile_s = lower_s + t1 - t0, compile_s + t2 - t1
+    return {"lower_s": lower_s, "compile_s": compile_s, "total_s": lower_s + compile_s}
 
-  def average_flops(self, step_flops: float) -> dict[str, float]:
-    """FLOPs per step averaged over a g_every cycle.
-
-    XLA counts a conditional as its costlier branch (the generator update), but that branch runs
-    once every g_every steps; the others run G forward only. The difference is measured on the
-    generator's loss: (value_and_grad - forward) FLOPs, each compiled on its own.
-    """
-    import jax  # pylint: disable=g-import-not-at-top
-    if self.g_every == 1:
-      return {"flops_per_step": step_flops, "generator_backward_flops": 0.0}
-    loss = lambda g, s, b, k: self.step_fn.generator_loss(g, s, b, k)[0]
-    args = (self.state.generator, self.state, self.batch, jax.random.key(0))
-    forward = flops_of(jax.jit(loss).lower(*args).compile())
-    both = flops_of(jax.jit(jax.value_and_grad(loss)).lower(*args).compile())
-    if forward is None or both is None:
-      return {"flops_per_step": step_flops, "generator_backward_flops": None}
-    backward = both - forward
-    return {"flops_per_step": step_flops - (1.0 - 1.0 / self.g_every) * backward,
-            "generator_backward_flops": backward}
+  def flops(self) -> dict[str, float | None]:
+    """XLA's FLOPs of the compiled step with the generator's update (``flops_per_step_xla``),
+    without it, and their average over a g_every cycle (``flops_per_step``)."""
+    counts = {flag: flops_of(c) for flag, c in self.compiled.items()}
+    with_g, without_g = counts[True], counts.get(False, counts[True])
+    if with_g is None or without_g is None:
+      return {"flops_per_step": None, "flops_per_step_xla": with_g}
+    return {"flops_per_step": (with_g + (self.g_every - 1) * without_g) / self.g_every,
+            "flops_per_step_xla": with_g, "flops_per_step_without_generator_update": without_g}
 
   def time_windows(self, windows: int, steps: int) -> list[dict[str, float]]:
     """Images/s of the bare step: ``steps`` calls per window, one block_until_ready per window
@@ -532,8 +537,8 @@ def measure(name: str, args) -> dict[str, Any]:
     before = events.snapshot()
     cold = bench.compile()
     result["cache_events_cold"] = events.delta(before)
-    step_flops = flops_of(bench.compiled)
-    result["step_memory_analysis"] = memory_analysis_bytes(bench.compiled)
+    flops = bench.flops()
+    result["step_memory_analysis"] = memory_analysis_bytes(bench.compiled[True])
     jax.clear_caches()
     before = events.snapshot()
     warm = bench.compile()
@@ -542,11 +547,7 @@ def measure(name: str, args) -> dict[str, Any]:
                   lower_s_cold=cold["lower_s"], lower_s_warm=warm["lower_s"],
                   xla_compile_s_cold=cold["compile_s"], xla_compile_s_warm=warm["compile_s"])
     phase("compile")
-    result["flops_per_step_xla"] = step_flops
-    if step_flops is not None:
-      result.update(bench.average_flops(step_flops))
-    else:
-      result["flops_per_step"] = None
+    result.update(flops)
 
     phase("flops")
     window = round_to(args.steps // 4, g)
@@ -604,7 +605,7 @@ def measure(name: str, args) -> dict[str, Any]:
       bench16 = StepBench(config16, dataset)
       bench16.new_state()
       c16 = bench16.compile()
-      f16 = flops_of(bench16.compiled)
+      f16 = bench16.flops()["flops_per_step_xla"]
       w16 = bench16.time_windows(2, window)
       bench16.state = None
     roof16 = roofline(n, "bfloat16", reps, n_windows)
@@ -635,14 +636,30 @@ def first_step(name: str, args) -> dict[str, Any]:
   synthetic = "dsprites" not in CONFIGS[name]
   config.log_every = 1
   config.eval_every = config.checkpoint_every = 1000
-  with tempfile.TemporaryDirectory(prefix="amr_bench_first_") as workdir, \
-      serve_dataset(dataset, synthetic), timed_writer(stop_after_first=True) as times:
-    t_call = time.perf_counter()
-    try:
-      train_lib.train_and_evaluate(config, workdir)
-    except _StopAfterFirstLog:
-      pass
+  # The loop asks for step 1's batch right after the first step has been compiled (from the
+  # cache) and dispatched: the moment the first step starts running on the device.
+  from amr_jax.data import prefetch  # pylint: disable=g-import-not-at-top
+  batch_requests: list[float] = []
+  original_next = prefetch.Prefetcher.next
+
+  def timed_next(self):
+    batch_requests.append(time.perf_counter())
+    return original_next(self)
+
+  prefetch.Prefetcher.next = timed_next
+  try:
+    with tempfile.TemporaryDirectory(prefix="amr_bench_first_") as workdir, \
+        serve_dataset(dataset, synthetic), timed_writer(stop_after_first=True) as times:
+      t_call = time.perf_counter()
+      try:
+        train_lib.train_and_evaluate(config, workdir)
+      except _StopAfterFirstLog:
+        pass
+  finally:
+    prefetch.Prefetcher.next = original_next
   at = dict(times)
+  to_wall = lambda t: time.time() - (time.perf_counter() - t)
+  started = to_wall(batch_requests[1]) - args.launch_time
   wall_at_first = time.time() - (time.perf_counter() - at[1])
   since_launch = wall_at_first - args.launch_time
   return {
@@ -650,6 +667,8 @@ def first_step(name: str, args) -> dict[str, Any]:
       # synthetic data's generation (a real run spends its loader's time there instead; for
       # dsprites the real loader runs and is counted).
       "first_step_s_warm": since_launch - (data_s if synthetic else 0.0),
+      # From launching the process to the first step dispatched to the device (compiled).
+      "first_step_start_s_warm": started - (data_s if synthetic else 0.0),
       "first_step_s_warm_breakdown": {
           "python_start_s": t_imports - args.launch_time, "imports_s": t_imported - t_imports,
           "data_s": data_s, "since_launch_s": since_launch,
@@ -703,8 +722,8 @@ def markdown(report: dict[str, Any]) -> str:
        + ("" if report.get("fresh_compilation_cache", True) else
           " The compilation cache was reused (--cache_dir): 'cold' compiles may be warm.")), "",
       ("| config | batch | step img/s | loop img/s | loop/step | GFLOP/step | roofline GFLOP/s "
-       "| roofline fraction | compile cold s | compile warm s | first step, warm cache s "
-       "| peak memory MiB |"),
+       "| roofline fraction | compile cold s | compile warm s | first step starts / done, "
+       "warm cache s | peak memory MiB |"),
       "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, r in report["configs"].items():
@@ -716,7 +735,8 @@ def markdown(report: dict[str, Any]) -> str:
         name, _fmt(r["batch_size"]), _fmt(r["step_images_per_s"]), _fmt(r["loop_images_per_s"]),
         _fmt(r["loop_to_step_ratio"]), _fmt(gflop), _fmt(r["roofline_flops_per_s"] / 1e9),
         _fmt(r.get("roofline_fraction")), _fmt(r["compile_s_cold"]), _fmt(r["compile_s_warm"]),
-        _fmt(r.get("first_step_s_warm")), _fmt(r["peak_memory_bytes"] / 2**20)]) + " |")
+        f"{_fmt(r.get('first_step_start_s_warm'))} / {_fmt(r.get('first_step_s_warm'))}",
+        _fmt(r["peak_memory_bytes"] / 2**20)]) + " |")
   lines += [
       "", "Where the loop's time goes (ms per step unless marked):", "",
       ("| config | bare step | loop, no eval | batch assembly | step dispatch | metrics fetch "
