@@ -673,7 +673,7 @@ def first_step(name: str, args) -> dict[str, Any]:
           "python_start_s": t_imports - args.launch_time, "imports_s": t_imported - t_imports,
           "data_s": data_s, "since_launch_s": since_launch,
           # train_and_evaluate: setup (networks, state, checkpoint restore), the metrics writer
-          # (it imports TensorFlow when installed), then compile (from the cache) + first step.
+          # (TensorFlow is imported in its background thread), then compile (cache) + first step.
           "setup_s": at["writer_init_start"] - t_call,
           "metrics_writer_init_s": at["writer_init_end"] - at["writer_init_start"],
           "compile_and_first_step_s": at[1] - at["writer_init_end"]},
