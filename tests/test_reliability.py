@@ -100,22 +100,25 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(tmp_pa
 
 # --- non-finite losses ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("poison_metric, expected", [
-    (True, r"non-finite loss at step 5: recon=nan.*last good checkpoint is step 4"),
+@pytest.mark.parametrize("poison_metric, log_every, expected", [
+    (True, 2, r"non-finite loss at step 5: recon=nan.*last good checkpoint is step 4"),
+    # Logged every step, metrics are read one window late (step 5's at step 6): still caught
+    # before the checkpoint at step 6.
+    (True, 1, r"non-finite loss at step 5: recon=nan.*last good checkpoint is step 4"),
     # Parameters that turn NaN in step 4 show in no loss until step 5: the state itself is
     # checked before the checkpoint at step 4.
-    (False, r"step 4: non-finite values in the state's probe.*last good checkpoint is step 2"),
+    (False, 2, r"step 4: non-finite values in the state's probe.*last good checkpoint is step 2"),
 ])
 def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(
-    tmp_path, monkeypatch, poison_metric, expected):
+    tmp_path, monkeypatch, poison_metric, log_every, expected):
   real_make = train_step_lib.make_train_step
   poisoned_step = 4 if poison_metric else 3  # 0-based index of the step that goes bad
 
   def poisoned_make(config, nets, optimizers):
     step_fn = real_make(config, nets, optimizers)
 
-    def step(state, batch, key):
-      new_state, metrics = step_fn(state, batch, key)
+    def step(state, batch, key, update_generator=None):
+      new_state, metrics = step_fn(state, batch, key, update_generator)
       poison = jnp.where(state.step >= poisoned_step, jnp.nan, 0.0)
       if poison_metric:
         metrics = dict(metrics, recon=metrics["recon"] + poison)
@@ -125,7 +128,7 @@ def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(
     return step
 
   monkeypatch.setattr(train_step_lib, "make_train_step", poisoned_make)
-  config = tiny_config(num_train_steps=8, checkpoint_every=2, log_every=2)
+  config = tiny_config(num_train_steps=8, checkpoint_every=2, log_every=log_every)
   with pytest.raises(train.NonFiniteLossError, match=expected):
     train.train_and_evaluate(config, str(tmp_path))
   good = checkpointing.Checkpointer(str(tmp_path / "checkpoints")).all_steps()[-1]
