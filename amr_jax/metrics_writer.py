@@ -19,8 +19,7 @@ class MetricsWriter:
   ``close`` waits for them to finish.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0,
-               tensorboard: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
     self._enabled = enabled
     self._tensorboard = None
     if not enabled:
@@ -32,11 +31,10 @@ class MetricsWriter:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
       with open(self._path, "w") as f:
         f.writelines(kept)
-    if tensorboard:
-      self._tensorboard = concurrent.futures.ThreadPoolExecutor(
-          max_workers=1, thread_name_prefix="amr_jax-tensorboard")
-      self._summary = self._tensorboard.submit(
-          _create_summary_writer, os.path.join(workdir, "tensorboard"))
+    self._tensorboard = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="amr_jax-tensorboard")
+    self._summary = self._tensorboard.submit(
+        _create_summary_writer, os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self._enabled:

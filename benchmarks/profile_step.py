@@ -9,8 +9,7 @@ parameters and timed. Their sum against the whole step's time says how much of t
 contractions take and how fast each runs (FLOP/s, and the fraction of a float32 matmul roofline
 measured in the same process); the rest is elementwise work, reductions (instance norm,
 losses), the optimiser and data movement. ``--seeds`` also times the step with several seeds
-side by side (``config.num_seeds``: vmapped or unrolled), in images/s over all seeds, with the
-generator updated every step.
+side by side (``config.num_seeds``: vmapped or unrolled), in images/s over all seeds.
 
 Writes a JSON report and prints a Markdown summary (also written beside the JSON).
 """
@@ -21,7 +20,6 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 import time
 from typing import Any
@@ -94,55 +92,13 @@ def time_alone(eqn, reps: int, windows: int) -> dict[str, float]:
   return {"seconds": best, "flops": flops}
 
 
-def step_seconds(config, dataset, reps: int, windows: int) -> float:
-  """The bare jitted step (as the loop builds it), best window's seconds per step."""
-  step = bench.StepBench(config, dataset)
-  step.new_state()
-  runs = step.time_windows(windows, reps)
-  return config.batch_size / max(r["images_per_s"] for r in runs)
-
-
 def seeds_images_per_s(config, dataset, num_seeds: int, mode: str, reps: int,
                        windows: int) -> float:
   """Images/s (all seeds together) of the loop's step with ``num_seeds`` seeds side by side,
-  run by ``train.over_seeds`` in ``mode`` ('vmap' or 'unroll')."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from amr_jax import parallel  # pylint: disable=g-import-not-at-top
-  from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
-  from amr_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
-  nets = train_lib.build_networks(config, dataset)
-  optimizers = train_state_lib.make_optimizers(config.optim)
-  mesh = parallel.make_mesh()
-  keys = jax.vmap(jax.random.key)(jnp.arange(num_seeds))
-  image_shape = dataset.train.images.shape[1:]
-  state = jax.jit(train_lib.over_seeds(lambda k: train_state_lib.create(
-      nets, optimizers, k, image_shape, train_lib.latent_shape(config),
-      train_lib.num_attributes(config, dataset)), mode),
-                  out_shardings=parallel.replicated(mesh))(keys)
-  step_fn = train_step_lib.make_train_step(config, nets, optimizers)
-  seeded = lambda s, b: train_lib.over_seeds(lambda s1, b1, k: step_fn(
-      s1, b1, jax.random.fold_in(k, s1.step), True), mode)(s, b, keys)  # G updated
-  train_step = parallel.jit_data_parallel(seeded, mesh, batch_args=(1,), num_args=2,
-                                          donate_state=True, seeds_axis=True)
-  n = config.batch_size
-  local = {"image": np.stack([dataset.train.images[:n]] * num_seeds),
-           "label": np.stack([dataset.train.labels[:n]] * num_seeds)}
-  batch = parallel.global_batch(mesh, local, seeds_axis=True)
-  for _ in range(2):
-    state, metrics = train_step(state, batch)
-  jax.block_until_ready((state, metrics))
-  best = float("inf")
-  for _ in range(windows):
-    t0 = time.perf_counter()
-    for _ in range(reps):
-      state, metrics = train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    best = min(best, (time.perf_counter() - t0) / reps)
-  return num_seeds * n / best
+  run by ``train.over_seeds`` in ``mode`` ('vmap' or 'unroll'); best window."""
+  step = bench.StepBench(config, dataset, num_seeds=num_seeds, seed_batching=mode)
+  step.new_state()
+  return max(r["images_per_s"] for r in step.time_windows(windows, reps))
 
 
 def profile(args) -> dict[str, Any]:
@@ -159,6 +115,7 @@ def profile(args) -> dict[str, Any]:
     state = step.new_state()
     # The step with the generator's update (the loop compiles it apart from the one without).
     jaxpr = jax.make_jaxpr(step.train_steps[True])(state, step.batch).jaxpr
+    step_rate = max(r["images_per_s"] for r in step.time_windows(windows, reps))
     step.state = None
     eqns = contractions(jaxpr)
     groups: dict[str, list] = collections.OrderedDict()
@@ -171,12 +128,12 @@ def profile(args) -> dict[str, Any]:
                    "flops_each": timing["flops"],
                    "seconds_total": timing["seconds"] * len(members),
                    "flops_total": timing["flops"] * len(members)})
-    whole = step_seconds(config, dataset, reps, windows)
-    seeds = {}
-    for num_seeds in args.seeds:
-      for mode in ("vmap", "unroll") if num_seeds > 1 else ("vmap",):
+    whole = config.batch_size / step_rate
+    seeds = {"1": step_rate} if 1 in args.seeds else {}
+    for num_seeds in (n for n in args.seeds if n > 1):
+      for mode in ("vmap", "unroll"):
         # Fewer steps than for one seed: vmap on a CPU takes seconds per step.
-        seeds[f"{num_seeds} ({mode})" if num_seeds > 1 else "1"] = seeds_images_per_s(
+        seeds[f"{num_seeds} ({mode})"] = seeds_images_per_s(
             config, dataset, num_seeds, mode, max(2, reps // 4), 2)
 
   platform = jax.devices()[0].platform

@@ -200,10 +200,12 @@ def memory_analysis_bytes(compiled) -> dict[str, int] | None:
 
 
 class StepBench:
-  """The loop's jitted train step, built as ``amr_jax.train`` builds it (one seed)."""
+  """The loop's jitted train step, built as ``amr_jax.train`` builds it: one seed, or
+  ``num_seeds`` side by side run by ``train.over_seeds`` in ``seed_batching``'s mode."""
 
-  def __init__(self, config, dataset):
+  def __init__(self, config, dataset, *, num_seeds: int = 1, seed_batching: str = "auto"):
     import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
     from amr_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -216,32 +218,40 @@ class StepBench:
     self.mesh = mesh = parallel.make_mesh()
     self.config = config
     self.batch_size = config.batch_size
+    self.images_per_step = config.batch_size * num_seeds
     self.g_every = int(config.g_every)
-    seed = config.seed
+    multi = num_seeds > 1
+    mode = train_lib.resolve_seed_batching(seed_batching)
+    per_seed = (lambda fn: train_lib.over_seeds(fn, mode)) if multi else (lambda fn: fn)
+    seed_keys = lambda: (jax.vmap(jax.random.key)(config.seed + jnp.arange(num_seeds)) if multi
+                         else jax.random.key(config.seed))
     image_shape = dataset.train.images.shape[1:]
     attributes = train_lib.num_attributes(config, dataset)
-    self._init = jax.jit(lambda: train_state_lib.create(
-        nets, optimizers, jax.random.fold_in(jax.random.key(seed), train_lib._INIT),  # pylint: disable=protected-access
-        image_shape, train_lib.latent_shape(config), attributes),
+    self._init = jax.jit(lambda: per_seed(lambda rng: train_state_lib.create(
+        nets, optimizers, jax.random.fold_in(rng, train_lib._INIT),  # pylint: disable=protected-access
+        image_shape, train_lib.latent_shape(config), attributes))(seed_keys()),
                          out_shardings=parallel.replicated(mesh))
     self.step_fn = step_fn = train_step_lib.make_train_step(config, nets, optimizers)
 
     def seeded_step(s, batch, update_generator):
-      rng = jax.random.fold_in(jax.random.key(seed), train_lib._TRAIN)  # pylint: disable=protected-access
-      return step_fn(s, batch, jax.random.fold_in(rng, s.step), update_generator)
+      return per_seed(lambda s1, b1, rng: step_fn(
+          s1, b1, jax.random.fold_in(jax.random.fold_in(rng, train_lib._TRAIN), s1.step),  # pylint: disable=protected-access
+          update_generator))(s, batch, seed_keys())
 
     # As the loop: one compiled step with the generator's update, one without (g_every > 1).
     self.train_steps = {flag: parallel.jit_data_parallel(
         functools.partial(seeded_step, update_generator=flag), mesh, batch_args=(1,),
-        num_args=2, donate_state=True) for flag in ((True,) if self.g_every == 1
-                                                    else (True, False))}
+        num_args=2, donate_state=True, seeds_axis=multi)
+                        for flag in ((True,) if self.g_every == 1 else (True, False))}
     self.count = 0
     train = dataset.train
     local = {"image": np.asarray(train.images[:config.batch_size]),
              "label": train.labels[:config.batch_size]}
     if config.supervised.enabled:
       local["attributes"] = train.attributes[:config.batch_size]
-    self.batch = parallel.global_batch(mesh, local)
+    if multi:  # every seed reads the same rows: the timing does not depend on which
+      local = {name: np.stack([value] * num_seeds) for name, value in local.items()}
+    self.batch = parallel.global_batch(mesh, local, seeds_axis=multi)
     self.state = None
 
   def new_state(self):
@@ -295,7 +305,7 @@ class StepBench:
       t1 = time.perf_counter()
       jax.block_until_ready((state, metrics))
       t2 = time.perf_counter()
-      out.append({"images_per_s": steps * self.batch_size / (t2 - t0),
+      out.append({"images_per_s": steps * self.images_per_step / (t2 - t0),
                   "dispatch_s_per_step": (t1 - t0) / steps})
     self.state = state
     return out
