@@ -30,7 +30,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
   for key in REQUIRED:
     assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row.get(key))
   assert row["batch_size"] == 8 and row["width"] == 2
-  # XLA counts the conditional's costlier branch; the average over a g_every cycle is lower.
+  # flops_per_step_xla is the step with G's update; the average over a g_every cycle is lower.
   assert row["flops_per_step"] < row["flops_per_step_xla"]
   assert row["cache_events_warm"].get("cache_hits", 0) >= 1  # the warm compile read the cache
   assert report["hardware"]["jax_version"] and report["hardware"]["platform"]
