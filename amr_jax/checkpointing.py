@@ -9,7 +9,6 @@ from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
-import orbax.checkpoint as ocp
 
 
 class Checkpointer:
@@ -17,19 +16,35 @@ class Checkpointer:
 
   Every process takes part in saving and restoring (orbax coordinates them). Saving is
   asynchronous; call ``wait()`` before exiting.
+
+  orbax (its import and its manager) is set up only once there is a checkpoint to read or
+  write, so a fresh run reaches its first train step without it.
   """
 
   def __init__(self, directory: str, max_to_keep: int = 3):
     self._directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
-        self._directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-    )
+    self._max_to_keep = max_to_keep
+    self._manager_or_none = None
+
+  @property
+  def _manager(self):
+    if self._manager_or_none is None:
+      import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+      self._manager_or_none = ocp.CheckpointManager(
+          self._directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True))
+    return self._manager_or_none
+
+  def _empty(self) -> bool:
+    """No checkpoint can exist yet (and orbax has not been set up to write one)."""
+    return self._manager_or_none is None and not (
+        os.path.isdir(self._directory) and os.listdir(self._directory))
 
   def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps())
+    return [] if self._empty() else sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -37,6 +52,9 @@ class Checkpointer:
     """Restores the newest readable checkpoint into the structure, shapes and shardings of
     ``target``. A damaged one is reported and moved aside to ``<directory>_damaged/<step>`` (the
     resumed run will write that step again). Returns (step, state, meta) or None."""
+    if self._empty():
+      return None
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     damaged = []
     result = None
@@ -66,8 +84,10 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    if self._manager_or_none is not None:
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    if self._manager_or_none is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()

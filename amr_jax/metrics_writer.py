@@ -14,14 +14,17 @@ class MetricsWriter:
   WORKDIR/tensorboard. On resume, lines after ``resume_step`` (written by a run that died before
   its next checkpoint) are dropped, so the file tells one consistent history.
 
-  TensorBoard needs TensorFlow, whose import takes seconds: it and every event-file write run in
-  one background thread, in order, so the first training step does not wait for them.
-  ``close`` waits for them to finish.
+  TensorBoard needs TensorFlow, whose import takes seconds of CPU: it and every event-file write
+  run in one background thread, in order, and the import starts only at the first ``write``.
+  Started earlier, it competed for the host with tracing the first train step (about 0.5 s
+  later start on a 2-core machine); by the first write the training loop has dispatched steps.
+  ``close`` waits for the writes to finish.
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
     self._enabled = enabled
     self._tensorboard = None
+    self._summary = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -31,10 +34,9 @@ class MetricsWriter:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
       with open(self._path, "w") as f:
         f.writelines(kept)
+    self._logdir = os.path.join(workdir, "tensorboard")
     self._tensorboard = concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="amr_jax-tensorboard")
-    self._summary = self._tensorboard.submit(
-        _create_summary_writer, os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self._enabled:
@@ -42,6 +44,8 @@ class MetricsWriter:
     with open(self._path, "a") as f:
       f.write(json.dumps({"step": step, **metrics}) + "\n")
     if self._tensorboard is not None:
+      if self._summary is None:
+        self._summary = self._tensorboard.submit(_create_summary_writer, self._logdir)
       scalars = {name: value for name, value in metrics.items()
                  if isinstance(value, (int, float))}  # per-seed lists stay in metrics.jsonl
       self._tensorboard.submit(self._write_scalars, step, scalars)
@@ -66,7 +70,7 @@ class MetricsWriter:
     done.result()
 
   def _close_summary(self) -> None:
-    summary = self._summary.result()
+    summary = None if self._summary is None else self._summary.result()
     if summary is not None:
       summary[0].close()
 

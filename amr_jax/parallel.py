@@ -88,6 +88,13 @@ def jit_data_parallel(fn: Callable, mesh: Mesh, *, batch_args: tuple[int, ...],
                  donate_argnums=(0,) if donate_state else ())
 
 
+def with_sharding(spec: Any, sharding: jax.sharding.Sharding) -> Any:
+  """``spec`` (e.g. from ``jax.eval_shape``) as ``jax.ShapeDtypeStruct`` leaves placed with
+  ``sharding``: a target to restore a checkpoint into."""
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding,
+                                                     weak_type=s.weak_type), spec)
+
+
 def to_host(tree: Any) -> Any:
   """Fetches replicated arrays to numpy (valid in every process)."""
   return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array)

@@ -22,7 +22,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
       os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla")), "benchmarks")
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.run", "--tiny", "--configs=mnist_dim32", "--steps=10",
-       "--no_first_step", f"--cache_dir={cache}", f"--out={out}"],
+       "--first_step_runs=1", f"--cache_dir={cache}", f"--out={out}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   report = json.loads(out.read_text())
@@ -30,6 +30,9 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
   for key in REQUIRED:
     assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row.get(key))
   assert row["batch_size"] == 8 and row["width"] == 2
+  # A fresh process timed to its first step: it starts (is dispatched) before it finishes.
+  assert 0 < row["first_step_start_s_warm"] < row["first_step_s_warm"]
+  assert row["first_step_start_s_warm_runs"] == [row["first_step_start_s_warm"]]
   # flops_per_step_xla is the step with G's update; the average over a g_every cycle is lower.
   assert row["flops_per_step"] < row["flops_per_step_xla"]
   assert row["cache_events_warm"].get("cache_hits", 0) >= 1  # the warm compile read the cache

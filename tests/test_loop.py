@@ -1,4 +1,5 @@
-"""The training loop's host side: metrics read one window late, TensorBoard off the main thread."""
+"""The training loop's host side: metrics read one window late, TensorBoard off the main thread,
+no step compiled twice."""
 
 import json
 
@@ -34,6 +35,41 @@ def test_late_read_windows_hold_the_same_steps_as_per_step_records(tmp_path):
       np.testing.assert_allclose(every_third[end][name],
                                  np.mean([every_step[s][name] for s in steps]), rtol=1e-5)
   assert "valid_probe_acc" in every_third[7] and "valid_probe_acc" not in every_third[6]
+
+
+def test_each_step_variant_is_traced_once_per_run(tmp_path, monkeypatch):
+  """The first step, compiled in a background thread from the state's shapes, is the executable
+  the loop runs, and the state a step returns has the shardings and types of the one it took
+  (initial or restored): each variant of the step (with and without G's update) is traced once
+  per run, also when a resumed run starts on the one without."""
+  traced = []
+  make_train_step = train.train_step_lib.make_train_step
+
+  def counting_make_train_step(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def counted(state, batch, key, update_generator=None):
+      traced.append(update_generator)
+      return step_fn(state, batch, key, update_generator)
+    return counted
+
+  monkeypatch.setattr(train.train_step_lib, "make_train_step", counting_make_train_step)
+  config = tiny.get_config()  # g_every 2
+  config.num_train_steps = config.checkpoint_every = config.eval_every = 3
+  train.train_and_evaluate(config, str(tmp_path))  # steps 0, 1, 2: G updated at 0 and 2
+  assert traced == [True, False]
+  traced.clear()
+  config.num_train_steps = config.eval_every = 5
+  train.train_and_evaluate(config, str(tmp_path))  # resumes at step 3: no G update first
+  assert traced == [False, True]
+  assert list(metrics(tmp_path))[-1] == 5
+
+
+def test_a_writer_without_writes_closes_cleanly(tmp_path):
+  """TensorFlow is imported at the first write only; a run that writes nothing needs none."""
+  writer = MetricsWriter(str(tmp_path))
+  writer.close()
+  assert not (tmp_path / "tensorboard").exists()
 
 
 def test_tensorboard_events_hold_every_scalar(tmp_path):
