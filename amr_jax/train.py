@@ -151,6 +151,49 @@ def _summarise(per_seed: dict[str, list]) -> dict[str, Any]:
   return out
 
 
+def make_jitted_state_and_steps(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
+                                 nets: networks_lib.Networks,
+                                 optimizers: train_state_lib.Optimizers, mesh: jax.sharding.Mesh
+                                 ) -> tuple[Callable, dict[bool, Callable]]:
+  """The loop's jitted functions: ``init_state()`` (replicated over ``mesh``) and the train step
+  ``steps[update_generator](state, batch)``, with ``config.num_seeds`` seeds side by side
+  (``config.seed_batching``) when more than one.
+
+  There is one compiled step with the generator's update and one without, picked on the host,
+  so no ``lax.cond`` runs in the step (see ``train_step.make_train_step``); with g_every=1
+  only the first exists.
+  """
+  seeds = [config.seed + i for i in range(config.num_seeds)]
+  multi = len(seeds) > 1
+  batching = resolve_seed_batching(config.seed_batching)
+
+  def per_seed(fn):
+    """``fn`` over the seeds axis when several seeds train side by side."""
+    return over_seeds(fn, batching) if multi else fn
+
+  # Keys are derived inside the jitted functions (from the seed and the state's step), so every
+  # process computes the same ones and no host-local array enters a multi-process computation.
+  def seed_keys():
+    return jax.vmap(jax.random.key)(jnp.asarray(seeds)) if multi else jax.random.key(seeds[0])
+
+  init_state = jax.jit(lambda: per_seed(lambda rng: train_state_lib.create(
+      nets, optimizers, jax.random.fold_in(rng, _INIT), dataset.train.images.shape[1:],
+      latent_shape(config), num_attributes(config, dataset)))(seed_keys()),
+                       out_shardings=parallel.replicated(mesh))
+  step_fn = train_step_lib.make_train_step(config, nets, optimizers)
+
+  def seeded_step(s, batch, update_generator):
+    return per_seed(lambda s1, b1, rng: step_fn(
+        s1, b1, jax.random.fold_in(jax.random.fold_in(rng, _TRAIN), s1.step), update_generator))(
+            s, batch, seed_keys())
+
+  steps = {flag: parallel.jit_data_parallel(
+      functools.partial(seeded_step, update_generator=flag), mesh, batch_args=(1,), num_args=2,
+      donate_state=True, seeds_axis=multi) for flag in ((True,) if config.g_every == 1
+                                                        else (True, False))}
+  return init_state, steps
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> tuple[train_state_lib.TrainState, dict[str, Any]]:
   """Trains and evaluates AMR as configured; resumes from ``workdir`` if it holds a run.
@@ -175,41 +218,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   nets = build_networks(config, dataset)
   optimizers = train_state_lib.make_optimizers(config.optim)
   mesh = parallel.make_mesh()
-  image_shape = dataset.train.images.shape[1:]
   seeds = [config.seed + i for i in range(config.num_seeds)]
   multi = len(seeds) > 1
-
   batching = resolve_seed_batching(config.seed_batching)
-
-  def per_seed(fn):
-    """``fn`` over the seeds axis when several seeds train side by side."""
-    return over_seeds(fn, batching) if multi else fn
-
-  # Keys are derived inside the jitted functions (from the seed and the state's step), so every
-  # process computes the same ones and no host-local array enters a multi-process computation.
-  def seed_keys():
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds)) if multi else jax.random.key(seeds[0])
-
-  init_state = jax.jit(lambda: per_seed(lambda rng: train_state_lib.create(
-      nets, optimizers, jax.random.fold_in(rng, _INIT), image_shape, latent_shape(config),
-      num_attributes(config, dataset)))(seed_keys()), out_shardings=parallel.replicated(mesh))
+  init_state, steps = make_jitted_state_and_steps(config, dataset, nets, optimizers, mesh)
   # The state's shapes and shardings (a trace, nothing compiled or run): enough to restore a
   # checkpoint into (a resumed run never builds the initial state) and to compile the step.
   state_spec = parallel.with_sharding(jax.eval_shape(init_state), parallel.replicated(mesh))
-  step_fn = train_step_lib.make_train_step(config, nets, optimizers)
-
-  def seeded_step(s, batch, update_generator):
-    return per_seed(lambda s1, b1, rng: step_fn(
-        s1, b1, jax.random.fold_in(jax.random.fold_in(rng, _TRAIN), s1.step), update_generator))(
-            s, batch, seed_keys())
-
-  # One compiled step with the generator's update and one without, picked on the host: no
-  # lax.cond in the step (see train_step.make_train_step). With g_every=1 only the first exists.
-  steps = {flag: parallel.jit_data_parallel(
-      functools.partial(seeded_step, update_generator=flag), mesh, batch_args=(1,), num_args=2,
-      donate_state=True, seeds_axis=multi) for flag in ((True,) if config.g_every == 1
-                                                        else (True, False))}
-  train_step = lambda s, batch, step: steps[step % config.g_every == 0](s, batch)
+  step_variant = lambda step: steps[step % config.g_every == 0]
   # One seed's state out of the stack (pictures and disentanglement metrics are per seed).
   select = jax.jit(lambda s, i: jax.tree.map(lambda a: a[i], s) if multi else s,
                    static_argnums=1, out_shardings=parallel.replicated(mesh))
@@ -339,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # after launch, svhn_dim256). The jitted step's own cache then holds the executable.
   def compile_first_step():
     if start_step < config.num_train_steps:  # (a finished run, resumed, trains no step)
-      steps[start_step % config.g_every == 0].lower(state_spec, batch_at(start_step)).compile()
+      step_variant(start_step).lower(state_spec, batch_at(start_step)).compile()
 
   with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amr_jax-compile") as pool:
     compiled = pool.submit(compile_first_step)
@@ -353,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       batch_at, start_step, config.num_train_steps) as batches:
     step = start_step
     while step < config.num_train_steps:
-      state, metrics = train_step(state, batches.next(), step)
+      state, metrics = step_variant(step)(state, batches.next())
       pending.append((step + 1, metrics))
       step += 1
       progress.update(1)

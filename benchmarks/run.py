@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -204,14 +203,11 @@ class StepBench:
   ``num_seeds`` side by side run by ``train.over_seeds`` in ``seed_batching``'s mode."""
 
   def __init__(self, config, dataset, *, num_seeds: int = 1, seed_batching: str = "auto"):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
     from amr_jax import parallel  # pylint: disable=g-import-not-at-top
     from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
-    from amr_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
 
     nets = train_lib.build_networks(config, dataset)
     optimizers = train_state_lib.make_optimizers(config.optim)
@@ -221,28 +217,12 @@ class StepBench:
     self.images_per_step = config.batch_size * num_seeds
     self.g_every = int(config.g_every)
     multi = num_seeds > 1
-    mode = train_lib.resolve_seed_batching(seed_batching)
-    per_seed = (lambda fn: train_lib.over_seeds(fn, mode)) if multi else (lambda fn: fn)
-    seed_keys = lambda: (jax.vmap(jax.random.key)(config.seed + jnp.arange(num_seeds)) if multi
-                         else jax.random.key(config.seed))
-    image_shape = dataset.train.images.shape[1:]
-    attributes = train_lib.num_attributes(config, dataset)
-    self._init = jax.jit(lambda: per_seed(lambda rng: train_state_lib.create(
-        nets, optimizers, jax.random.fold_in(rng, train_lib._INIT),  # pylint: disable=protected-access
-        image_shape, train_lib.latent_shape(config), attributes))(seed_keys()),
-                         out_shardings=parallel.replicated(mesh))
-    self.step_fn = step_fn = train_step_lib.make_train_step(config, nets, optimizers)
-
-    def seeded_step(s, batch, update_generator):
-      return per_seed(lambda s1, b1, rng: step_fn(
-          s1, b1, jax.random.fold_in(jax.random.fold_in(rng, train_lib._TRAIN), s1.step),  # pylint: disable=protected-access
-          update_generator))(s, batch, seed_keys())
-
-    # As the loop: one compiled step with the generator's update, one without (g_every > 1).
-    self.train_steps = {flag: parallel.jit_data_parallel(
-        functools.partial(seeded_step, update_generator=flag), mesh, batch_args=(1,),
-        num_args=2, donate_state=True, seeds_axis=multi)
-                        for flag in ((True,) if self.g_every == 1 else (True, False))}
+    config = config.copy_and_resolve_references()
+    config.num_seeds, config.seed_batching = num_seeds, seed_batching
+    # The loop's own jitted functions: one compiled step with the generator's update, one
+    # without (g_every > 1).
+    self._init, self.train_steps = train_lib.make_jitted_state_and_steps(
+        config, dataset, nets, optimizers, mesh)
     self.count = 0
     train = dataset.train
     local = {"image": np.asarray(train.images[:config.batch_size]),
