@@ -39,7 +39,7 @@ def one_step_on_1_and_4_devices(out):
   batch = {"image": rng.uniform(-1, 1, (8, 32, 32, 1)).astype(np.float32),
            "label": rng.integers(0, 10, 8).astype(np.int32)}
   results = {}
-  for n in (1, 4):
+  for n in (4, 1):  # 1 last: the extra step below runs on 1 device
     mesh = parallel.make_mesh(jax.devices()[:n])
     state = jax.jit(lambda: train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1),
                                                            (4, 4, 2)),
@@ -48,8 +48,11 @@ def one_step_on_1_and_4_devices(out):
     global_batch = parallel.global_batch(mesh, batch)
     assert len(global_batch["image"].sharding.device_set) == n
     new_state, metrics = jitted(state, global_batch, jax.random.key(1))
-    results[n] = {**{"state" + k: v for k, v in flatten(new_state).items()},
-                  **{"metrics" + k: v for k, v in flatten(metrics).items()}}
+    results[str(n)] = {**{"state" + k: v for k, v in flatten(new_state).items()},
+                       **{"metrics" + k: v for k, v in flatten(metrics).items()}}
+  # The negative control: one more step on 1 device.
+  extra_state, _ = jitted(new_state, global_batch, jax.random.key(2))
+  results["1+1"] = {"state" + k: v for k, v in flatten(extra_state).items()}
   np.savez(out, **{f"{n}|{k}": v for n, r in results.items() for k, v in r.items()})
 
 

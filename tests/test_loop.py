@@ -16,6 +16,7 @@ def metrics(workdir):
     return {r["step"]: r for r in map(json.loads, f)}
 
 
+@pytest.mark.equivalence
 def test_late_read_windows_hold_the_same_steps_as_per_step_records(tmp_path):
   """Logging every step and every 3 steps, with evaluations only at the end, is the same
   training; each 3-step record is the mean of that window's per-step records."""

@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from amr_jax import mixers  # noqa: E402
+from tests import tolerances  # noqa: E402
 
 ALL = ("mixup", "mixup_per_channel", "bernoulli", "spatial")
 BINARY = ("bernoulli", "spatial")
@@ -289,15 +290,19 @@ def test_same_key_same_mix_and_different_keys_differ(name, layout, k):
   assert not np.array_equal(w_other, w)
 
 
+@pytest.mark.equivalence
 @every_mixer
 @pytest.mark.parametrize("layout,k", (("nhwc", 3), ("flat", 2)))
 def test_jit_matches_eager(name, layout, k):
   hs, mixed, w = _mix(name, layout, k)
   mixed_j, w_j = jax.jit(mixers.get(name))(jax.random.key(0), jnp.asarray(hs))
-  np.testing.assert_allclose(w_j, w, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(mixed_j, mixed, rtol=1e-5, atol=1e-6)
+  tolerances.assert_close((mixed_j, w_j), (mixed, w))
+  # Negative control: another key's mix fails the same check.
+  tolerances.assert_differs(jax.jit(mixers.get(name))(jax.random.key(1), jnp.asarray(hs)),
+                            (mixed, w))
 
 
+@pytest.mark.equivalence
 @every_mixer
 @pytest.mark.parametrize("layout,k", (("nhwc", 3), ("flat", 2)))
 def test_vmap_matches_per_slice_calls(name, layout, k):
@@ -307,8 +312,9 @@ def test_vmap_matches_per_slice_calls(name, layout, k):
   mixed_v, w_v = jax.vmap(mixer)(keys, hs)
   for i in range(3):
     mixed_i, w_i = mixer(keys[i], hs[i])
-    np.testing.assert_allclose(w_v[i], w_i, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(mixed_v[i], mixed_i, rtol=1e-5, atol=1e-6)
+    tolerances.assert_close((mixed_v[i], w_v[i]), (mixed_i, w_i))
+    # Negative control: the next slice fails the same check.
+    tolerances.assert_differs((mixed_v[(i + 1) % 3], w_v[(i + 1) % 3]), (mixed_i, w_i))
 
 
 @every_mixer

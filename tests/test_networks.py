@@ -10,6 +10,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from amr_jax import networks
+from tests import tolerances
 
 # Tiny models: compile time dominates, not the arithmetic.
 jax.config.update("jax_disable_most_optimizations", True)
@@ -112,6 +113,7 @@ def test_encoder_has_only_params(arch, size):
   assert set(variables.keys()) == {"params"}
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("arch,size", [("acai32", 32), ("dsprites64", 64)])
 def test_discriminator_spectral_state(arch, size):
   nets = networks.build(arch, image_channels=1, num_classes=2, width=4)
@@ -140,7 +142,9 @@ def test_discriminator_spectral_state(arch, size):
   # ... so nothing needs to be mutable, and the logits match the training pass (same weights,
   # same u; only the stored state differs).
   eval_logits = disc.apply(variables, x, update_stats=False)
-  chex.assert_trees_all_close(eval_logits, logits, rtol=1e-5, atol=1e-6)
+  tolerances.assert_close(eval_logits, logits)
+  # Negative control: another input fails the same check.
+  tolerances.assert_differs(disc.apply(variables, -x, update_stats=False), logits)
 
 
 def test_discriminator_update_without_mutable_fails():
@@ -171,6 +175,7 @@ def test_presets_are_consistent():
   assert isinstance(nets.discriminator, networks.Discriminator32)
 
 
+@pytest.mark.equivalence
 def test_spectral_norm_removes_kernel_scale():
   # D sees W / sigma(W): scaling every kernel by 3 leaves the logits unchanged, and the updated
   # sigma estimates are 3 times the unscaled ones.
@@ -184,9 +189,18 @@ def test_spectral_norm_removes_kernel_scale():
   }
   logits, updates = disc.apply(variables, x, update_stats=True, mutable=[networks.SPECTRAL])
   logits3, updates3 = disc.apply(scaled, x, update_stats=True, mutable=[networks.SPECTRAL])
-  chex.assert_trees_all_close(logits3, logits, rtol=1e-4, atol=1e-5)
+  tolerances.assert_close(logits3, logits)
+  # Negative control: spectral norm removes a kernel's scale, not its sign.
+  flipped = {
+      "params": jax.tree_util.tree_map_with_path(
+          lambda path, p: -3.0 * p if path[-1].key == "kernel" else p, variables["params"]),
+      networks.SPECTRAL: variables[networks.SPECTRAL],
+  }
+  tolerances.assert_differs(
+      disc.apply(flipped, x, update_stats=True, mutable=[networks.SPECTRAL])[0], logits)
   sigmas, sigmas3 = (
       {k: v for k, v in flatten_dict(u[networks.SPECTRAL]).items() if k[-1].endswith("/sigma")}
       for u in (updates, updates3))
   assert sigmas
-  chex.assert_trees_all_close(sigmas3, {k: 3.0 * v for k, v in sigmas.items()}, rtol=1e-5)
+  for name, sigma in sigmas.items():  # each layer's sigma is its own group
+    tolerances.assert_close(sigmas3[name], 3.0 * sigma)

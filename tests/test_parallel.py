@@ -9,14 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import tolerances
+
+# Every test here compares two computations (CI also runs them under another XLA:CPU code path).
+pytestmark = pytest.mark.equivalence
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "parallel_worker.py"
 
 
 def worker_env(devices):
+  # The caller's XLA flags (e.g. another XLA:CPU code path, as CI runs) apply to workers too.
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=str(ROOT))
+             XLA_FLAGS=xla_flags.strip(), PYTHONPATH=str(ROOT))
   env["JAX_COMPILATION_CACHE_DIR"] = os.path.expanduser(
       os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla"))
   return env
@@ -30,24 +36,20 @@ def run_worker(*args, devices, timeout=600, **env):
   return result
 
 
-def assert_close(actual, desired, name):
-  """Equal up to float32 reduction order: differences small against the array's own scale
-  (a sum over devices adds the per-device parts in another order than one device does)."""
-  actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
-  scale = max(np.abs(desired).max(initial=0.0), 1e-6)
-  assert np.abs(actual - desired).max(initial=0.0) <= 1e-3 * scale, (
-      name, np.abs(actual - desired).max(), scale)
-
-
 def test_one_step_on_4_devices_equals_1_device(tmp_path):
   out = tmp_path / "step.npz"
   run_worker("step", out, devices=4)
   saved = np.load(out)
-  names = sorted(k.split("|", 1)[1] for k in saved.files if k.startswith("1|"))
+  runs = {run: {k.split("|", 1)[1]: saved[k] for k in saved.files if k.startswith(run + "|")}
+          for run in ("1", "4", "1+1")}
+  names = list(runs["1"])
   assert any("spectral" in n for n in names) and any("opt" in n for n in names)
   assert any(n.startswith("metrics") for n in names)
-  for name in names:
-    assert_close(saved[f"4|{name}"], saved[f"1|{name}"], name)
+  # A sum over devices adds the per-device parts in another order than one device does.
+  tolerances.assert_close(runs["4"], runs["1"])
+  # Negative control: one more step on 1 device fails the same check.
+  state = lambda run: {k: v for k, v in runs[run].items() if k.startswith("state")}
+  tolerances.assert_differs(state("1+1"), state("1"))
 
 
 def free_port():
@@ -83,7 +85,7 @@ def test_two_processes_agree_with_each_other_and_with_one_process(two_process_ru
   assert "devices 4 processes 2" in outputs[0][0]
   p0, p1 = np.load(tmp / "p0.npz"), np.load(tmp / "p1.npz")
   assert p0.files == p1.files
-  for name in p0.files:
+  for name in p0.files:  # the same program on the same host: bit-equal
     np.testing.assert_array_equal(p0[name], p1[name], err_msg=name)
   # Only process 0 writes metrics and pictures; both took part in checkpointing.
   assert (workdir / "metrics.jsonl").exists() and (workdir / "images").exists()
@@ -91,9 +93,11 @@ def test_two_processes_agree_with_each_other_and_with_one_process(two_process_ru
 
   single = tmp_path / "single.npz"
   run_worker("train", single, tmp_path / "run", 4, devices=4)
-  one = np.load(single)
-  for name in p0.files:
-    assert_close(p0[name], one[name], name)
+  one = dict(np.load(single))
+  tolerances.assert_close(dict(p0), one)
+  # Negative control: the single-process run continued by one step fails the same check.
+  run_worker("train", tmp_path / "five.npz", tmp_path / "run", 5, devices=4)
+  tolerances.assert_differs(dict(p0), dict(np.load(tmp_path / "five.npz")))
 
 
 def test_two_process_checkpoint_restores_in_one_process_and_continues(two_process_run):
@@ -108,7 +112,8 @@ def test_seeds_side_by_side_on_4_devices_equal_1_device(tmp_path):
   for devices in (1, 4):
     run_worker("train", tmp_path / f"d{devices}.npz", tmp_path / f"run{devices}", 2,
                devices=devices, AMR_TEST_NUM_SEEDS="2")
-  one, four = np.load(tmp_path / "d1.npz"), np.load(tmp_path / "d4.npz")
+  one, four = dict(np.load(tmp_path / "d1.npz")), dict(np.load(tmp_path / "d4.npz"))
   assert one[".step"].shape == (2,)
-  for name in one.files:
-    assert_close(four[name], one[name], name)
+  tolerances.assert_close(four, one)
+  # Negative control: each seed against the other seed fails the same check.
+  tolerances.assert_differs({k: v[::-1] for k, v in four.items()}, one)

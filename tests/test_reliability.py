@@ -40,6 +40,7 @@ def final_state(workdir, config):
 
 # --- exact resume after SIGKILL ---------------------------------------------------------------
 
+@pytest.mark.equivalence
 def test_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp_path):
   steps = 8
   overrides = [f"--config.num_train_steps={steps}", "--config.checkpoint_every=1",

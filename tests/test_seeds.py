@@ -6,6 +6,7 @@ import pytest
 
 from amr_jax import train
 from experiments.configs import tiny
+from tests import tolerances
 
 
 def tiny_config(**overrides):
@@ -16,24 +17,27 @@ def tiny_config(**overrides):
   return config
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("batching", ["vmap", "unroll"])
 def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path, batching):
   both, summary = train.train_and_evaluate(
       tiny_config(seed=3, num_seeds=2, seed_batching=batching), str(tmp_path / "b"))
   assert jax.tree.leaves(both)[0].shape[0] == 2  # a leading seeds axis
+  seed_slice = lambda i: jax.tree.map(lambda leaf: np.asarray(leaf)[i], both)
+  alone = {}
   for i, seed in enumerate((3, 4)):
-    alone, alone_summary = train.train_and_evaluate(tiny_config(seed=seed),
-                                                    str(tmp_path / f"s{seed}"))
-    assert int(alone.step) == 2
-    for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(both)):
-      a, b = np.asarray(a, np.float64), np.asarray(b[i], np.float64)
-      # Batched code may fuse and order float sums differently: equal to float32 precision.
-      assert np.abs(a - b).max(initial=0) <= 1e-4 * max(np.abs(a).max(initial=0), 1e-6)
-    for name in ("best_valid_probe_acc", "test_probe_acc_at_best", "best_step"):
-      assert summary[f"{name}_per_seed"][i] == alone_summary[name], name
-  # The seeds really differ: different initial parameters, draws and batches.
-  leaf = np.asarray(jax.tree.leaves(both.generator)[0])
-  assert not np.array_equal(leaf[0], leaf[1])
+    alone[seed], alone_summary = train.train_and_evaluate(tiny_config(seed=seed),
+                                                          str(tmp_path / f"s{seed}"))
+    assert int(alone[seed].step) == 2
+    # Batched code fuses and orders float sums differently: equal to float32 rounding.
+    tolerances.assert_close(seed_slice(i), alone[seed])
+    assert summary["best_step_per_seed"][i] == alone_summary["best_step"]
+    # Rounding may flip one example whose two best classes tie; a wrong seed moves many more.
+    for name in ("best_valid_probe_acc", "test_probe_acc_at_best"):
+      assert abs(summary[f"{name}_per_seed"][i] - alone_summary[name]) <= 1 / 297 + 1e-9, name
+  # Negative control: the other seed, trained alone, fails the same check.
+  tolerances.assert_differs(seed_slice(0), alone[4])
+  tolerances.assert_differs(seed_slice(1), alone[3])
 
 
 def test_auto_batching_unrolls_on_cpu_and_vmaps_elsewhere():

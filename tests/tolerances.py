@@ -1,0 +1,104 @@
+"""Comparing two float computations of the same thing so that the verdict holds on any host.
+
+XLA:CPU compiles different code for each instruction set (and each fusion path), so two ways of
+computing one thing (seeds side by side vs alone, 1 vs 4 devices, two processes vs one, a cond vs
+two compiled variants) order their float32 sums differently, and how differently depends on the
+host. A leaf's own maximum is no yardstick: a leaf of values near 2e-4 (a bias's gradient moment)
+carries rounding from the much larger terms it was computed from. So differences are measured per
+*group* (the leaves that play one role: the generator's parameters, the discriminator's Adam first
+moments, the metrics, ...) as a relative L2 norm, ``||actual - desired|| / ||desired||`` over the
+whole group:
+
+- An L2 norm, not a maximum: Adam divides each gradient by its own RMS, so a gradient component
+  that rounding leaves near zero can flip its update's sign (a move of up to 2 x lr), as large as
+  a real step. Such components are few; a real difference (one more step, another seed) moves
+  every component.
+- ``RTOL`` = 3e-5 for parameters, spectral-norm state and metrics. Measured on the tiny config
+  (tests/test_seeds.py, vmap, 2 steps): 3.6e-6 at worst (the discriminator's parameters); one
+  more step: 4.2e-4 at least (the generator's parameters, lr 1e-4).
+- ``RTOL_MOMENTS`` = 1e-3 for the optimisers' moments: they are gradients, in which terms of O(1)
+  cancel (the last bias's gradient is mean(sigmoid(real) - 1) + mean(sigmoid(fake)), ~0), so their
+  rounding scales with the loss terms, not with the gradient. Measured: 1.5e-4 at worst (the
+  discriminator's first moment); one more step: 0.17 at least.
+
+Every test that uses them also shows that a real difference (another seed, one more step) fails
+the same check: ``assert_differs``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+RTOL = 3e-5
+RTOL_MOMENTS = 1e-3
+
+# Dict keys are layer / parameter names inside a group ("['encoder']['Conv_0']['kernel']");
+# attributes and sequence indices name the group (".generator_opt[1].mu").
+_DICT_KEY = re.compile(r"\['[^']*'\]")
+_MOMENTS = re.compile(r"_opt\[\d+\]\.(mu|nu)$")
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+  """``{path: array}`` of a pytree's leaves (``jax.tree_util.keystr`` paths); a flat dict of
+  arrays (as saved by a worker process) is taken as it is."""
+  if isinstance(tree, Mapping) and all(isinstance(v, np.ndarray) for v in tree.values()):
+    return {k: np.asarray(v) for k, v in tree.items()}
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def group_of(name: str) -> str:
+  """The group a leaf belongs to: its path without the dict keys below its role."""
+  return _DICT_KEY.sub("", name) or name
+
+
+def _is_float(value: np.ndarray) -> bool:
+  return np.issubdtype(value.dtype, np.floating)
+
+
+def rtol_of(group: str) -> float:
+  return RTOL_MOMENTS if _MOMENTS.search(group) else RTOL
+
+
+def relative_errors(actual: Any, desired: Any, check_integers: bool = True) -> dict[str, float]:
+  """``{group: ||actual - desired|| / ||desired||}`` over each group's float leaves; the integer
+  leaves (step counters) must be equal if ``check_integers``."""
+  actual, desired = flatten(actual), flatten(desired)
+  assert sorted(actual) == sorted(desired), sorted(set(actual) ^ set(desired))
+  squared_diff: dict[str, float] = {}
+  squared_norm: dict[str, float] = {}
+  for name, value in desired.items():
+    assert actual[name].shape == value.shape, (name, actual[name].shape, value.shape)
+    if np.issubdtype(value.dtype, np.floating):
+      group, value = group_of(name), value.astype(np.float64)
+      diff = actual[name].astype(np.float64) - value
+      squared_diff[group] = squared_diff.get(group, 0.0) + float(np.sum(diff * diff))
+      squared_norm[group] = squared_norm.get(group, 0.0) + float(np.sum(value * value))
+    elif check_integers:
+      np.testing.assert_array_equal(actual[name], value, err_msg=name)
+  return {group: np.sqrt(squared_diff[group] / max(squared_norm[group], 1e-30))
+          for group in squared_diff}
+
+
+def _worst(errors: dict[str, float]) -> tuple[str, float]:
+  """The group furthest beyond (or closest to) its bound, and its error as a fraction of it."""
+  group = max(errors, key=lambda g: errors[g] / rtol_of(g))
+  return group, errors[group] / rtol_of(group)
+
+
+def assert_close(actual: Any, desired: Any) -> None:
+  """Every group equal to float32 rounding (see the module's docstring)."""
+  group, fraction = _worst(relative_errors(actual, desired))
+  print(f"tolerances: worst group {group}: {fraction:.3g} of its bound")
+  assert fraction <= 1, f"{group}: relative difference {fraction * rtol_of(group):.3g} > {rtol_of(group):g}"
+
+
+def assert_differs(actual: Any, desired: Any) -> None:
+  """The negative control: a real difference fails the check ``assert_close`` makes."""
+  group, fraction = _worst(relative_errors(actual, desired, check_integers=False))
+  print(f"tolerances: negative control's worst group {group}: {fraction:.3g} of its bound")
+  assert fraction > 1, f"no group differs beyond its bound (at most {fraction:.3g} of it)"
