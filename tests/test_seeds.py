@@ -1,5 +1,7 @@
 """Several seeds side by side in one jitted step equal each seed trained alone."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -38,6 +40,12 @@ def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path, batchi
   # Negative control: the other seed, trained alone, fails the same check.
   tolerances.assert_differs(seed_slice(0), alone[4])
   tolerances.assert_differs(seed_slice(1), alone[3])
+  # The log holds each seed's own training curve beside the mean over seeds.
+  last = lambda run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])
+  both_record = last("b")
+  assert both_record["recon"] == pytest.approx(np.mean(both_record["recon_per_seed"]))
+  tolerances.assert_close(both_record["recon_per_seed"],
+                          [last(f"s{seed}")["recon"] for seed in (3, 4)])
 
 
 def test_auto_batching_unrolls_on_cpu_and_vmaps_elsewhere():

@@ -1,0 +1,141 @@
+"""Learning curves of the authors' PyTorch code and of amr_jax side by side: a Markdown table and
+a PNG plot of validation probe accuracy and reconstruction loss per evaluation step.
+
+  python -m experiments.reference_curves \
+      --authors='runs/curves/authors/seed*.jsonl' --ours=runs/curves/jax_mixup \
+      --out=experiments/results/reference_curves
+
+`--authors`: JSON lines printed by `../shared/reference/torch_learning_curve.py` (one file per
+seed). `--ours`: amr_jax workdirs (their `metrics.jsonl`), one seed or several side by side.
+Writes OUT_data.json (every value read, per seed), OUT_table.md (mean, std and per-seed values
+per step) and OUT.png.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+from absl import app
+from absl import flags
+from PIL import Image
+from PIL import ImageDraw
+
+_AUTHORS = flags.DEFINE_string("authors", None, "glob of the authors' curve JSON-lines files")
+_OURS = flags.DEFINE_list("ours", [], "amr_jax workdirs")
+_OUT = flags.DEFINE_string("out", "experiments/results/reference_curves", "output prefix")
+
+
+def read_authors(pattern: str) -> dict[str, dict[int, float]]:
+  """{'valid_probe_acc' | 'recon': {seed: {step: value}}} from the authors' curve files."""
+  curves: dict[str, dict] = {"valid_probe_acc": {}, "recon": {}}
+  for path in sorted(glob.glob(pattern)):
+    with open(path) as f:
+      for record in map(json.loads, f):
+        for name in curves:
+          curves[name].setdefault(record["seed"], {})[record["step"]] = record[name]
+  return curves
+
+
+def read_ours(workdirs: Sequence[str]) -> dict[str, dict[int, float]]:
+  """The same from amr_jax workdirs: probe accuracy at each evaluation and the reconstruction
+  loss over the window before it (the mean of the records logged since the previous one)."""
+  curves: dict[str, dict] = {"valid_probe_acc": {}, "recon": {}}
+  for workdir in workdirs:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = json.load(f)
+    seeds = [config["seed"] + i for i in range(config.get("num_seeds", 1))]
+    window: list[list[float]] = []
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for record in map(json.loads, f):
+        recon = record.get("recon_per_seed", [record.get("recon")] * len(seeds))
+        window.append(recon)
+        if "valid_probe_acc" not in record:
+          continue
+        accs = record.get("valid_probe_acc_per_seed", [record["valid_probe_acc"]])
+        mean_recon = np.mean(np.asarray(window, np.float64), axis=0)
+        for seed, acc, rec in zip(seeds, accs, mean_recon):
+          curves["valid_probe_acc"].setdefault(seed, {})[record["step"]] = acc
+          curves["recon"].setdefault(seed, {})[record["step"]] = float(rec)
+        window = []
+  return curves
+
+
+def stats(per_seed: dict[int, dict[int, float]], step: int) -> tuple[list[float], str]:
+  values = [curve[step] for curve in per_seed.values() if step in curve]
+  if not values:
+    return values, "-"
+  spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+  return values, f"{np.mean(values):.3f}{spread} (n={len(values)})"
+
+
+def table(authors: dict, ours: dict, name: str, scale: float = 1.0) -> str:
+  steps = sorted({s for c in (*authors[name].values(), *ours[name].values()) for s in c})
+  lines = [f"| step | authors' code: mean ± std | per seed | amr_jax: mean ± std | per seed |",
+           "|---|---|---|---|---|"]
+  for step in steps:
+    cells = []
+    for curves in (authors, ours):
+      values, summary = stats({k: {s: v * scale for s, v in c.items()}
+                               for k, c in curves[name].items()}, step)
+      cells += [summary, ", ".join(f"{v:.3f}" for v in values) or "-"]
+    lines.append(f"| {step} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot(authors: dict, ours: dict, path: str) -> None:
+  """Two panels (probe accuracy, reconstruction L1): thin lines per seed, thick for the mean;
+  blue the authors' code, red amr_jax."""
+  width, height, margin = 900, 380, 50
+  image = Image.new("RGB", (2 * width, height), "white")
+  draw = ImageDraw.Draw(image)
+  colours = {"authors": (40, 90, 200), "ours": (210, 50, 40)}
+  for panel, (name, top) in enumerate((("valid_probe_acc", 1.0), ("recon", 1.0))):
+    x0 = panel * width
+    all_steps = [s for c in (*authors[name].values(), *ours[name].values()) for s in c]
+    max_step = max(all_steps, default=1)
+    to_px = lambda s, v: (x0 + margin + (width - 2 * margin) * s / max_step,
+                          height - margin - (height - 2 * margin) * min(v, top) / top)
+    draw.rectangle([x0 + margin, margin, x0 + width - margin, height - margin], outline="black")
+    draw.text((x0 + margin, 15), f"{name} vs step (0..{max_step}); y 0..{top}; "
+              "blue: authors' PyTorch, red: amr_jax; thick: mean", fill="black")
+    for tick in range(0, 11, 2):
+      y = to_px(0, top * tick / 10)[1]
+      draw.text((x0 + 10, y - 6), f"{top * tick / 10:.1f}", fill="black")
+    for who, curves in (("authors", authors), ("ours", ours)):
+      for curve in curves[name].values():
+        points = [to_px(s, curve[s]) for s in sorted(curve)]
+        if len(points) > 1:
+          draw.line(points, fill=colours[who], width=1)
+      steps = sorted(set.intersection(*(set(c) for c in curves[name].values()))
+                     if curves[name] else set())
+      mean = [to_px(s, np.mean([c[s] for c in curves[name].values()])) for s in steps]
+      if len(mean) > 1:
+        draw.line(mean, fill=colours[who], width=4)
+  image.save(path)
+
+
+def write(authors_pattern: str, workdirs: Sequence[str], out: str) -> str:
+  """Writes OUT_data.json, OUT_table.md and OUT.png; returns the table."""
+  authors, ours = read_authors(authors_pattern), read_ours(workdirs)
+  with open(out + "_data.json", "w") as f:
+    json.dump({"authors": authors, "amr_jax": ours}, f, indent=1)
+  text = ("Validation probe accuracy (fraction)\n\n" + table(authors, ours, "valid_probe_acc")
+          + "\n\nReconstruction L1 (mean over the steps since the previous evaluation)\n\n"
+          + table(authors, ours, "recon") + "\n")
+  with open(out + "_table.md", "w") as f:
+    f.write(text)
+  plot(authors, ours, out + ".png")
+  return text
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  print(write(_AUTHORS.value, _OURS.value, _OUT.value))
+
+
+if __name__ == "__main__":
+  app.run(main)
