@@ -105,6 +105,8 @@ def plot(authors: dict, ours: dict, path: str) -> None:
     for tick in range(0, 11, 2):
       y = to_px(0, top * tick / 10)[1]
       draw.text((x0 + 10, y - 6), f"{top * tick / 10:.1f}", fill="black")
+      x = to_px(max_step * tick / 10, 0)[0]
+      draw.text((x - 10, height - margin + 8), f"{round(max_step * tick / 10)}", fill="black")
     for who, curves in (("authors", authors), ("ours", ours)):
       for curve in curves[name].values():
         points = [to_px(s, curve[s]) for s in sorted(curve)]
