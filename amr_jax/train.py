@@ -340,10 +340,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     nonlocal last_read
     history = [(s, parallel.to_host(m)) for s, m in window]
     bad = _first_non_finite(history)
-    record = {name: float(np.mean([m[name] for _, m in history])) for name in history[-1][1]}
+    stacked = {name: np.stack([m[name] for _, m in history]) for name in history[-1][1]}
+    record = {name: float(np.mean(values)) for name, values in stacked.items()}
     if multi:  # each seed's own curve too (its window mean)
-      record.update({f"{name}_per_seed": np.mean([m[name] for _, m in history], axis=0).tolist()
-                     for name in history[-1][1]})
+      record.update({f"{name}_per_seed": values.mean(axis=0).tolist()
+                     for name, values in stacked.items()})
     now, end = time.time(), window[-1][0]
     record["steps_per_s"] = (end - last_read[1]) / max(now - last_read[0], 1e-9)
     last_read = (now, end)

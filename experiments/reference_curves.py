@@ -72,15 +72,14 @@ def stats(per_seed: dict[int, dict[int, float]], step: int) -> tuple[list[float]
   return values, f"{np.mean(values):.3f}{spread} (n={len(values)})"
 
 
-def table(authors: dict, ours: dict, name: str, scale: float = 1.0) -> str:
+def table(authors: dict, ours: dict, name: str) -> str:
   steps = sorted({s for c in (*authors[name].values(), *ours[name].values()) for s in c})
-  lines = [f"| step | authors' code: mean ± std | per seed | amr_jax: mean ± std | per seed |",
+  lines = ["| step | authors' code: mean ± std | per seed | amr_jax: mean ± std | per seed |",
            "|---|---|---|---|---|"]
   for step in steps:
     cells = []
     for curves in (authors, ours):
-      values, summary = stats({k: {s: v * scale for s, v in c.items()}
-                               for k, c in curves[name].items()}, step)
+      values, summary = stats(curves[name], step)
       cells += [summary, ", ".join(f"{v:.3f}" for v in values) or "-"]
     lines.append(f"| {step} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -93,7 +92,8 @@ def plot(authors: dict, ours: dict, path: str) -> None:
   image = Image.new("RGB", (2 * width, height), "white")
   draw = ImageDraw.Draw(image)
   colours = {"authors": (40, 90, 200), "ours": (210, 50, 40)}
-  for panel, (name, top) in enumerate((("valid_probe_acc", 1.0), ("recon", 1.0))):
+  top = 1.0  # both panels: accuracy and L1 on [-1, 1] images (higher values are clipped)
+  for panel, name in enumerate(("valid_probe_acc", "recon")):
     x0 = panel * width
     all_steps = [s for c in (*authors[name].values(), *ours[name].values()) for s in c]
     max_step = max(all_steps, default=1)

@@ -56,10 +56,6 @@ def group_of(name: str) -> str:
   return _DICT_KEY.sub("", name) or name
 
 
-def _is_float(value: np.ndarray) -> bool:
-  return np.issubdtype(value.dtype, np.floating)
-
-
 def rtol_of(group: str) -> float:
   return RTOL_MOMENTS if _MOMENTS.search(group) else RTOL
 
@@ -94,7 +90,8 @@ def assert_close(actual: Any, desired: Any) -> None:
   """Every group equal to float32 rounding (see the module's docstring)."""
   group, fraction = _worst(relative_errors(actual, desired))
   print(f"tolerances: worst group {group}: {fraction:.3g} of its bound")
-  assert fraction <= 1, f"{group}: relative difference {fraction * rtol_of(group):.3g} > {rtol_of(group):g}"
+  assert fraction <= 1, (
+      f"{group}: relative difference {fraction * rtol_of(group):.3g} > {rtol_of(group):g}")
 
 
 def assert_differs(actual: Any, desired: Any) -> None:
