@@ -66,6 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.arch.leaky_slope = 0.01
   # 'bfloat16': mixed precision on accelerators (float32 parameters, bfloat16 compute).
   config.arch.compute_dtype = "float32"
+  # acai32 only: where the authors' PyTorch model differs (AUTHORS_MODEL sets all four to theirs;
+  # experiments/results/reference_curves.md measures them).
+  config.arch.init = "flax"  # or 'authors': their Initializer (networks.py)
+  config.arch.input_conv_padding = 0  # authors: 1 (the 1x1 input conv grows 32 to 34 pixels)
+  config.arch.spectral_input_conv = True  # authors: False (D's 1x1 input conv unnormalised)
+  config.arch.spectral_power_iterations = 1  # per D forward; authors: 5 per iteration
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-4  # G and D
@@ -95,6 +101,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 SEED_BATCHING = ("auto", "vmap", "unroll")
+
+# The fields that make an acai32 model the authors' PyTorch model (reference.md, networks.py).
+AUTHORS_MODEL = {
+    "arch.init": "authors",
+    "arch.input_conv_padding": 1,
+    "arch.spectral_input_conv": False,
+    "arch.spectral_power_iterations": 5,
+}
 
 
 class ConfigError(ValueError):
@@ -195,8 +209,19 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "arch.latent_dim", minimum=1, integer=True)
   _number(config, "arch.leaky_slope", minimum=0)
   _one_of(config, "arch.compute_dtype", ("float32", "bfloat16"))
-  if not isinstance(_get(config, "arch.instance_norm"), bool):
-    _fail("arch.instance_norm", config.arch.instance_norm, "True or False")
+  for field in ("arch.instance_norm", "arch.spectral_input_conv"):
+    if not isinstance(_get(config, field), bool):
+      _fail(field, _get(config, field), "True or False")
+  _one_of(config, "arch.init", networks.INITS)
+  _one_of(config, "arch.input_conv_padding", (0, 1))
+  _number(config, "arch.spectral_power_iterations", minimum=1, integer=True)
+  if config.arch.name != "acai32":
+    for field, default in (("arch.init", "flax"), ("arch.input_conv_padding", 0),
+                           ("arch.spectral_input_conv", True),
+                           ("arch.spectral_power_iterations", 1)):
+      if _get(config, field) != default:
+        _fail(field, _get(config, field),
+              f"{default!r} only with arch.name={config.arch.name!r} (an acai32 option)")
 
   for field in ("optim.lr", "optim.probe_lr", "optim.weight_decay"):
     _number(config, field, minimum=0)
@@ -236,7 +261,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
 # agrees with the saved one on all of them.
 SHAPE_FIELDS = ("model", "num_seeds", "supervised.enabled", "arch.name", "arch.width", "arch.latent_channels",
                 "arch.latent_dim",
-                "arch.instance_norm", "data.name", "data.image_size")
+                "arch.instance_norm", "arch.spectral_input_conv", "data.name", "data.image_size")
 
 
 def shape_mismatches(saved: ml_collections.ConfigDict,

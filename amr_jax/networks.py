@@ -21,6 +21,7 @@ so that bfloat16 compute can be switched on without touching parameters.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -49,6 +50,8 @@ SPECTRAL = "spectral"
 """Name of the Flax variable collection holding spectral-norm state (``u`` and ``sigma``)."""
 
 ARCHITECTURES = ("acai32", "dsprites64", "mlp2d")
+INITS = ("flax", "authors")
+"""Initialisations of acai32 (see :func:`build`): Flax's defaults, or the AMR authors' PyTorch port."""
 # For "mlp2d" (2-D points) the "image size" is the point dimension.
 IMAGE_SIZE = {"acai32": 32, "dsprites64": 64, "mlp2d": 2}
 
@@ -66,10 +69,53 @@ def _upsample2x(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-def _spectral(layer: nn.Module, param_dtype: Dtype) -> nn.SpectralNorm:
+def _spectral(layer: nn.Module, param_dtype: Dtype, power_iterations: int = 1
+              ) -> nn.SpectralNorm:
   # The power iteration runs in param_dtype (float32) on the float32 kernel; the wrapped layer
   # then casts to its own compute dtype, so bfloat16 compute does not degrade the estimate.
-  return nn.SpectralNorm(layer, collection_name=SPECTRAL, param_dtype=param_dtype)
+  return nn.SpectralNorm(layer, n_steps=power_iterations, collection_name=SPECTRAL,
+                         param_dtype=param_dtype)
+
+
+# The AMR authors' PyTorch initialisation (reference.md; used with init='authors').
+_AUTHORS_SLOPE = 0.2
+
+
+def _authors_normal(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32
+                    ) -> jax.Array:
+  """Their ``Initializer``: N(0, 1 / ((1 + 0.2**2) * prod(w.shape[:-1]))) on PyTorch's weight
+  layout. For a conv (PyTorch (out, in, kh, kw); Flax (kh, kw, in, out)) that product is
+  out*in*kh, not the fan-in: a far smaller std for wide layers. For an instance-norm scale
+  (shape (C,)) it is the empty product 1: scales ~ N(0, ~1), random signs."""
+  if len(shape) == 4:
+    kh, _, channels_in, channels_out = shape
+    fan = channels_out * channels_in * kh
+  elif len(shape) == 1:
+    fan = 1
+  else:
+    raise ValueError(f"the authors' initialiser is defined for conv kernels and norm scales; "
+                     f"got shape {shape}")
+  std = 1.0 / math.sqrt((1.0 + _AUTHORS_SLOPE**2) * fan)
+  return std * jax.random.normal(key, shape, dtype)
+
+
+# PyTorch's default for Conv2d / Linear (kaiming-uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)) for
+# the kernel; the bias draws from the same bound. Their spectrally-normalised convs and their
+# probe keep it.
+_torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _torch_default_bias(fan_in: int) -> nn.initializers.Initializer:
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def _conv_init(init: str) -> dict[str, Any]:
+  """Kernel init of G's convs (and of D's unnormalised input conv) under ``init``."""
+  return {"kernel_init": _authors_normal} if init == "authors" else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,16 +129,19 @@ class _ConvBlock32(nn.Module):
   leaky_slope: float
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  initializer: str = "flax"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     # Instance norm subtracts each channel's mean, which cancels a conv bias exactly: such a bias
     # gets a gradient of pure rounding noise, which Adam would turn into steps of size lr.
     x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=not self.instance_norm,
-                dtype=self.dtype, param_dtype=self.param_dtype)(x)
+                dtype=self.dtype, param_dtype=self.param_dtype,
+                **_conv_init(self.initializer))(x)
     if self.instance_norm:
+      scale = {"scale_init": _authors_normal} if self.initializer == "authors" else {}
       x = nn.InstanceNorm(epsilon=_NORM_EPS, use_scale=True, use_bias=True, dtype=self.dtype,
-                          param_dtype=self.param_dtype)(x)
+                          param_dtype=self.param_dtype, **scale)(x)
     return nn.leaky_relu(x, self.leaky_slope)
 
 
@@ -101,6 +150,8 @@ class Encoder32(nn.Module):
 
   1x1 conv to ``width`` (linear); for each scale s: two [3x3 conv to width*2**s, norm, LeakyReLU]
   then 2x2 average pool; a 3x3 conv block to width*2**scales; a linear 3x3 conv to the code.
+  ``input_padding=1`` pads the 1x1 conv's input as the authors' code did (32 -> 34 -> 17 -> 8
+  -> 4 pixels; the border holds only the conv's bias); 0 keeps 32 -> 16 -> 8 -> 4.
   """
   width: int = 16
   latent_channels: int = 2
@@ -109,22 +160,23 @@ class Encoder32(nn.Module):
   scales: int = 3
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  initializer: str = "flax"
+  input_padding: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_images(x, "Encoder32")
     block = lambda f: _ConvBlock32(f, self.instance_norm, self.leaky_slope, self.dtype,
-                                   self.param_dtype)
-    # SAME padding: the authors' padding=1 on this 1x1 conv grew 32 to 34 pixels (a bug).
-    x = nn.Conv(self.width, (1, 1), padding="SAME", dtype=self.dtype,
-                param_dtype=self.param_dtype)(x)
+                                   self.param_dtype, self.initializer)
+    x = nn.Conv(self.width, (1, 1), padding=self.input_padding, dtype=self.dtype,
+                param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
     for s in range(self.scales):
       x = block(self.width * 2**s)(x)
       x = block(self.width * 2**s)(x)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = block(self.width * 2**self.scales)(x)
     return nn.Conv(self.latent_channels, (3, 3), padding="SAME", dtype=self.dtype,
-                   param_dtype=self.param_dtype)(x)
+                   param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
 
 
 class Decoder32(nn.Module):
@@ -136,12 +188,13 @@ class Decoder32(nn.Module):
   scales: int = 3
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  initializer: str = "flax"
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
     _check_images(h, "Decoder32")
     block = lambda f: _ConvBlock32(f, self.instance_norm, self.leaky_slope, self.dtype,
-                                   self.param_dtype)
+                                   self.param_dtype, self.initializer)
     x = h
     for s in reversed(range(self.scales)):
       x = block(self.width * 2**s)(x)
@@ -149,13 +202,17 @@ class Decoder32(nn.Module):
       x = _upsample2x(x)
     x = block(self.width)(x)
     return nn.Conv(self.image_channels, (3, 3), padding="SAME", dtype=self.dtype,
-                   param_dtype=self.param_dtype)(x)
+                   param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
 
 
 class Discriminator32(nn.Module):
-  """Encoder32's shape without norm, every conv spectrally normalised. (B, 32, 32, C) -> (B,).
+  """Encoder32's shape without norm, its convs spectrally normalised. (B, 32, 32, C) -> (B,).
 
   The logit is the mean of the last conv's (B, 4, 4, latent_channels) output per image.
+  ``spectral_input=False`` leaves the first 1x1 conv unnormalised (the authors' code: only its
+  3x3 convs are wrapped); ``input_padding`` as in :class:`Encoder32`; ``power_iterations``:
+  power-iteration steps per forward (the authors' code advances its estimate once on every
+  training forward of D, five times per AMR iteration).
   """
   width: int = 16
   latent_channels: int = 2
@@ -163,6 +220,10 @@ class Discriminator32(nn.Module):
   scales: int = 3
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  initializer: str = "flax"
+  input_padding: int = 0
+  spectral_input: bool = True
+  power_iterations: int = 1
 
   num_attributes: int = 0  # > 0 adds an auxiliary multi-label classifier head (AC-GAN)
 
@@ -171,12 +232,27 @@ class Discriminator32(nn.Module):
     """Returns logits (B,), or (logits, attribute_logits (B, num_attributes)) with the head."""
     _check_images(x, "Discriminator32")
 
-    def conv(features: int, size: int, h: jax.Array) -> jax.Array:
-      layer = nn.Conv(features, (size, size), padding="SAME", dtype=self.dtype,
-                      param_dtype=self.param_dtype)
-      return _spectral(layer, self.param_dtype)(h, update_stats=update_stats)
+    def conv(features: int, size: int, h: jax.Array, padding: Any = "SAME",
+             spectral: bool = True) -> jax.Array:
+      # Under init='authors' a normalised conv keeps PyTorch's default init (their Initializer
+      # skipped layers wrapped in SpectralNorm) and an unnormalised one gets theirs. (Flax's
+      # SpectralNorm stores a kernel divided by its first sigma estimate at init; PyTorch's keeps
+      # the raw draw, entries ~0.8x as large for these layers. The forward is the same.)
+      if self.initializer != "authors":
+        inits = {}
+      elif spectral:
+        inits = {"kernel_init": _torch_default_kernel,
+                 "bias_init": _torch_default_bias(size * size * h.shape[-1])}
+      else:
+        inits = _conv_init(self.initializer)
+      layer = nn.Conv(features, (size, size), padding=padding, dtype=self.dtype,
+                      param_dtype=self.param_dtype, **inits)
+      if not spectral:
+        return layer(h)
+      return _spectral(layer, self.param_dtype, self.power_iterations)(
+          h, update_stats=update_stats)
 
-    x = conv(self.width, 1, x)
+    x = conv(self.width, 1, x, padding=self.input_padding, spectral=self.spectral_input)
     for s in range(self.scales):
       x = nn.leaky_relu(conv(self.width * 2**s, 3, x), self.leaky_slope)
       x = nn.leaky_relu(conv(self.width * 2**s, 3, x), self.leaky_slope)
@@ -189,7 +265,8 @@ class Discriminator32(nn.Module):
       return logits
     head = nn.Dense(self.num_attributes, dtype=self.dtype, param_dtype=self.param_dtype)
     pooled = jnp.mean(features, axis=(1, 2))
-    attributes = _spectral(head, self.param_dtype)(pooled, update_stats=update_stats)
+    attributes = _spectral(head, self.param_dtype, self.power_iterations)(
+        pooled, update_stats=update_stats)
     return logits, attributes.astype(jnp.float32)
 
 
@@ -284,15 +361,22 @@ class Probe(nn.Module):
   """Linear classifier on a flattened code. (B, ...) -> (B, num_classes) logits.
 
   It does not stop gradients itself: the train step applies ``stop_gradient`` to ``h``.
+  ``initializer='authors'``: PyTorch's ``nn.Linear`` default, U(+-1/sqrt(in)) for kernel and bias.
   """
   num_classes: int
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  initializer: str = "flax"
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
     h = h.reshape((h.shape[0], -1))
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(h)
+    inits = {}
+    if self.initializer == "authors":
+      inits = {"kernel_init": _torch_default_kernel,
+               "bias_init": _torch_default_bias(h.shape[-1])}
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    **inits)(h)
 
 
 class ClassMixer(nn.Module):
@@ -331,7 +415,8 @@ def _check_arch(arch: str) -> None:
 def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
           latent_channels: int = 2, latent_dim: int = 10, instance_norm: bool = True,
           leaky_slope: float = 0.01, dtype: Dtype | None = None, variational: bool = False,
-          num_attributes: int = 0) -> Networks:
+          num_attributes: int = 0, init: str = "flax", input_conv_padding: int = 0,
+          spectral_input_conv: bool = True, spectral_power_iterations: int = 1) -> Networks:
   """The networks of a named architecture.
 
   ``acai32`` uses ``width``, ``latent_channels``, ``instance_norm`` and ``leaky_slope``
@@ -342,20 +427,37 @@ def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
   ``num_attributes`` > 0: supervised AMR: D gets an attribute head and a ClassMixer is built.
   ``mlp2d`` (2-D points, the spiral toy) uses ``width`` (hidden units), ``latent_dim`` and
   ``leaky_slope``; ``image_channels`` is the point dimension.
+
+  acai32 only, the four ways the authors' PyTorch model differs (all four reproduce it):
+  ``init`` ('flax' or 'authors': their Initializer in G and D's input conv, PyTorch defaults in
+  D's normalised convs and the probe), ``input_conv_padding`` (their 1), ``spectral_input_conv``
+  (their False) and ``spectral_power_iterations`` per D forward (theirs: one per forward, 5 per
+  AMR iteration).
   """
   _check_arch(arch)
+  if arch != "acai32" and (init, input_conv_padding, spectral_input_conv,
+                           spectral_power_iterations) != ("flax", 0, True, 1):
+    raise ValueError(f"init, input_conv_padding, spectral_input_conv and "
+                     f"spectral_power_iterations are options of acai32, not {arch!r}")
+  if init not in INITS:
+    raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
   factor = 2 if variational else 1
   if arch == "acai32":
     nets = Networks(
         encoder=Encoder32(width=width, latent_channels=factor * latent_channels,
-                          instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype),
+                          instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype,
+                          initializer=init, input_padding=input_conv_padding),
         decoder=Decoder32(width=width, image_channels=image_channels,
-                          instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype),
+                          instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype,
+                          initializer=init),
         # The critic has no norm, as in the authors' code.
         discriminator=Discriminator32(width=width, latent_channels=latent_channels,
-                                      leaky_slope=leaky_slope, dtype=dtype,
+                                      leaky_slope=leaky_slope, dtype=dtype, initializer=init,
+                                      input_padding=input_conv_padding,
+                                      spectral_input=spectral_input_conv,
+                                      power_iterations=spectral_power_iterations,
                                       num_attributes=num_attributes),
-        probe=Probe(num_classes, dtype=dtype),
+        probe=Probe(num_classes, dtype=dtype, initializer=init),
     )
   elif arch == "mlp2d":
     nets = Networks(

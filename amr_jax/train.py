@@ -50,7 +50,10 @@ def build_networks(config: ml_collections.ConfigDict, dataset: data_lib.Dataset
       latent_dim=config.arch.latent_dim, instance_norm=config.arch.instance_norm,
       leaky_slope=config.arch.leaky_slope, variational=config.model == "beta_vae",
       dtype=None if config.arch.compute_dtype == "float32" else jnp.bfloat16,
-      num_attributes=num_attributes(config, dataset))
+      num_attributes=num_attributes(config, dataset), init=config.arch.init,
+      input_conv_padding=config.arch.input_conv_padding,
+      spectral_input_conv=config.arch.spectral_input_conv,
+      spectral_power_iterations=config.arch.spectral_power_iterations)
 
 
 def num_attributes(config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> int:

@@ -42,3 +42,21 @@ def test_unknown_rows_and_options_are_rejected_with_the_allowed_ones():
     svhn.get_config("mixup,dim=64")
   with pytest.raises(ValueError, match="allowed: beta_vae, ae_gan, mixup, bern, supervised"):
     dsprites.get_config("vae")
+
+
+def test_authors_option_sets_the_authors_model_and_only_acai32_takes_it():
+  from experiments.configs import dsprites, mnist
+  config = mnist.get_config("mixup,authors")
+  config_lib.validate(config, check_data=False)
+  for field, value in config_lib.AUTHORS_MODEL.items():
+    assert config_lib._get(config, field) == value, field
+  plain = mnist.get_config("mixup")
+  assert (plain.arch.init, plain.arch.input_conv_padding, plain.arch.spectral_input_conv,
+          plain.arch.spectral_power_iterations) == ("flax", 0, True, 1)
+  assert mnist.paper_number("mixup,authors") == mnist.paper_number("mixup")
+  other = dsprites.get_config("mixup")
+  other.arch.init = "authors"
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.arch.init='authors' is not allowed; allowed: 'flax' only "
+                           r"with arch.name='dsprites64'"):
+    config_lib.validate(other, check_data=False)

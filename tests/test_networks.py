@@ -204,3 +204,110 @@ def test_spectral_norm_removes_kernel_scale():
   assert sigmas
   for name, sigma in sigmas.items():  # each layer's sigma is its own group
     tolerances.assert_close(sigmas3[name], 3.0 * sigma)
+
+
+# ---------------------------------------------------------------------------- the authors' model
+
+
+def _normalised_layers(variables) -> set[str]:
+  """Names of the layers (in ``params``) whose kernels the spectral state normalises."""
+  return {name.split("/")[0] for stats in variables[networks.SPECTRAL].values() for name in stats}
+
+
+def test_authors_init_matches_their_initializer_and_pytorch_defaults():
+  """init='authors' (reference.md): G's kernels ~ N(0, 1/(1.04*out*in*kh)), G's norm scales
+  ~ N(0, 1/1.04) with random signs, zero biases; D's normalised convs and the probe keep
+  PyTorch's default U(+-1/sqrt(fan_in)) for kernel and bias; D's input conv is the authors'."""
+  nets = networks.build("acai32", image_channels=1, num_classes=10, init="authors",
+                        spectral_input_conv=False)
+  plain = networks.build("acai32", image_channels=1, num_classes=10)
+  x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 1))
+  enc = nets.encoder.init(jax.random.key(0), x)["params"]
+  enc_plain = plain.encoder.init(jax.random.key(0), x)["params"]
+  scales = []
+  for path, value in flatten_dict(enc).items():
+    value = np.asarray(value)
+    if path[-1] == "kernel" and value.size >= 2000:  # enough values for a 10% std estimate
+      kh, _, cin, cout = value.shape
+      expected = 1 / np.sqrt(1.04 * cout * cin * kh)
+      assert abs(value.std() / expected - 1) < 0.1, (path, value.std(), expected)
+      # Negative control: Flax's lecun_normal, std 1/sqrt(kh*kw*in), is sqrt(0.35*out) x larger.
+      if cout >= 16:
+        assert np.asarray(flatten_dict(enc_plain)[path]).std() > 2 * expected, path
+    elif path[-1] == "scale":
+      scales.append(value)
+    elif path[-1] == "bias":
+      assert not value.any(), path
+  scales = np.concatenate(scales)
+  assert abs(scales.std() / (1 / np.sqrt(1.04)) - 1) < 0.15 and (scales < 0).mean() > 0.3
+
+  disc_vars = nets.discriminator.init(jax.random.key(2), x, update_stats=False)
+  spectral_layers = _normalised_layers(disc_vars)
+  assert len(spectral_layers) == 8  # all but the input conv
+  for layer in spectral_layers:
+    # The bias is drawn from PyTorch's default. (The kernel is too, but Flax's SpectralNorm
+    # stores it divided by its first sigma estimate at init, whatever the draw.)
+    kernel, bias = (np.asarray(disc_vars["params"][layer][k]) for k in ("kernel", "bias"))
+    bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+    assert 0.2 * bound < np.abs(bias).max() <= bound, layer
+  # The unnormalised input conv gets the authors' Initializer: zero bias.
+  assert not np.asarray(disc_vars["params"]["Conv_0"]["bias"]).any()
+
+  h = nets.encoder.apply({"params": enc}, x)
+  probe = nets.probe.init(jax.random.key(3), h)["params"]
+  bound = 1 / np.sqrt(h[0].size)
+  for leaf in jax.tree.leaves(probe):
+    assert 0.5 * bound < np.abs(leaf).max() <= bound
+
+
+@pytest.mark.equivalence
+def test_input_conv_padding_keeps_shapes_and_changes_the_output():
+  """input_conv_padding=1 (the authors' 32 -> 34 pixels) has the same parameters and output
+  shapes, and computes something else from the same parameters."""
+  x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 1))
+  same = networks.build("acai32", image_channels=1, num_classes=10, width=4)
+  padded = networks.build("acai32", image_channels=1, num_classes=10, width=4,
+                          input_conv_padding=1)
+  for name in ("encoder", "discriminator"):
+    kwargs = {"update_stats": False} if name == "discriminator" else {}
+    variables = getattr(same, name).init(jax.random.key(0), x, **kwargs)
+    chex.assert_trees_all_equal_shapes(
+        variables, getattr(padded, name).init(jax.random.key(0), x, **kwargs))
+    out_same = getattr(same, name).apply(variables, x, **kwargs)
+    out_padded = getattr(padded, name).apply(variables, x, **kwargs)
+    chex.assert_equal_shape((out_same, out_padded))
+    tolerances.assert_differs(out_padded, out_same)
+
+
+def test_spectral_input_conv_false_leaves_only_the_input_conv_unnormalised():
+  x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 1))
+  normalised = networks.Discriminator32(width=4).init(jax.random.key(0), x, update_stats=False)
+  authors = networks.Discriminator32(width=4, spectral_input=False).init(
+      jax.random.key(0), x, update_stats=False)
+  assert _normalised_layers(normalised) - _normalised_layers(authors) == {"Conv_0"}
+  assert authors["params"]["Conv_0"]["kernel"].shape == (1, 1, 1, 4)
+  # Unnormalised, the input conv's scale reaches the logits (normalised, it would not: see
+  # test_spectral_norm_removes_kernel_scale).
+  disc = networks.Discriminator32(width=4, spectral_input=False)
+  scaled = jax.tree_util.tree_map_with_path(
+      lambda path, p: 3.0 * p if path[0].key == "Conv_0" else p, authors["params"])
+  logits = disc.apply(authors, x, update_stats=False)
+  tolerances.assert_differs(
+      disc.apply({**authors, "params": scaled}, x, update_stats=False), logits)
+
+
+def test_more_power_iterations_estimate_sigma_better():
+  x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 1))
+  variables = networks.Discriminator32(width=4).init(jax.random.key(0), x, update_stats=False)
+  errors = {}
+  for steps in (1, 5):
+    disc = networks.Discriminator32(width=4, power_iterations=steps)
+    _, updates = disc.apply(variables, x, update_stats=True, mutable=[networks.SPECTRAL])
+    total = 0.0
+    for stats in updates[networks.SPECTRAL].values():
+      (name,) = [k for k in stats if k.endswith("/sigma")]
+      kernel = np.asarray(variables["params"][name.split("/")[0]]["kernel"])
+      true_sigma = np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)[0]
+      total += abs(float(stats[name]) / true_sigma - 1)
+    errors[steps] = total
+  assert errors[5] < 0.5 * errors[1], errors

@@ -171,6 +171,11 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tmp_path, caplog):
     ("beta", -0.5, "config.beta=-0.5 is not allowed"),
     ("data.image_size", 28, "config.data.image_size=28 is not allowed; allowed: 32"),
     ("data.name", "cifar10", "data.manual_dir"),
+    ("arch.init", "torch", "config.arch.init='torch' is not allowed; allowed: 'flax', 'authors'"),
+    ("arch.input_conv_padding", 2,
+     "config.arch.input_conv_padding=2 is not allowed; allowed: 0, 1"),
+    ("arch.spectral_power_iterations", 0,
+     "config.arch.spectral_power_iterations=0 is not allowed; allowed: an integer >= 1"),
 ])
 def test_bad_config_fails_in_one_line_before_compiling(tmp_path, field, value, expected):
   config = tiny_config(**{field: value})

@@ -31,7 +31,10 @@ def setup(config, num_attributes=0):
   nets = networks.build("acai32", image_channels=1, num_classes=10, width=config.arch.width,
                         latent_channels=config.arch.latent_channels,
                         variational=config.model == "beta_vae", num_attributes=num_attributes,
-                        dtype=jnp.bfloat16 if config.arch.compute_dtype == "bfloat16" else None)
+                        dtype=jnp.bfloat16 if config.arch.compute_dtype == "bfloat16" else None,
+                        init=config.arch.init, input_conv_padding=config.arch.input_conv_padding,
+                        spectral_input_conv=config.arch.spectral_input_conv,
+                        spectral_power_iterations=config.arch.spectral_power_iterations)
   optimizers = train_state_lib.make_optimizers(config.optim)
   state = train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1), (4, 4, 2),
                                  num_attributes)
@@ -150,6 +153,9 @@ def test_generator_loss_does_not_touch_spectral_state(amr):
     dict(model="beta_vae", g_every=1, recon_loss="bce"),
     dict(supervised__enabled=True, supervised__mask="sampled", g_every=1, data__name="celeb_a"),
     dict(arch__compute_dtype="bfloat16", g_every=1),
+    # The authors' PyTorch model (config.AUTHORS_MODEL).
+    dict(arch__init="authors", arch__input_conv_padding=1, arch__spectral_input_conv=False,
+         arch__spectral_power_iterations=5, g_every=1),
 ])
 def test_each_method_takes_a_step_with_finite_losses(overrides):
   config = tiny_config(**overrides)

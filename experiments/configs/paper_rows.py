@@ -2,14 +2,15 @@
 the paper's numbers (probe accuracy %, or the dSprites metric, mean and std over 3 runs).
 
 A dataset config's argument names a row: ``--config=experiments/configs/svhn.py:mixup_k3``, with
-options after a comma: ``dim=256`` (Table 3) or ``train=1000`` (Table 2's SVHN ablation).
+options after a comma: ``dim=256`` (Table 3), ``train=1000`` (Table 2's SVHN ablation) or
+``authors`` (the authors' PyTorch model exactly: ``amr_jax.config.AUTHORS_MODEL``).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from amr_jax.config import base_config
+from amr_jax.config import AUTHORS_MODEL, base_config, set_field
 
 # method -> (model, mixer, k)
 METHODS = {
@@ -68,23 +69,26 @@ TRAIN_SIZES = {"mnist": 50_000, "kmnist": 50_000, "svhn": 65_932, "cifar10": 40_
 EPOCHS = 100  # the paper's per-table epoch counts were lost with its captions
 
 
-def parse(arg: str | None, default_dim: int) -> tuple[str, int, int | None]:
-  """'mixup_k3,dim=256,train=1000' -> (method, dim, train size or None)."""
+def parse(arg: str | None, default_dim: int) -> tuple[str, int, int | None, bool]:
+  """'mixup_k3,dim=256,train=1000,authors' -> (method, dim, train size or None, authors)."""
   words = [w for w in (arg or "mixup").split(",") if w]
-  method, dim, train = words[0], default_dim, None
+  method, dim, train, authors = words[0], default_dim, None, False
   for option in words[1:]:
     key, _, value = option.partition("=")
     if key == "dim":
       dim = int(value)
     elif key == "train":
       train = int(value)
+    elif option == "authors":
+      authors = True
     else:
-      raise ValueError(f"unknown option {option!r}; allowed: dim=N, train=N")
-  return method, dim, train
+      raise ValueError(f"unknown option {option!r}; allowed: dim=N, train=N, authors")
+  return method, dim, train, authors
 
 
-def paper_number(dataset: str, method: str, dim: int, train: int | None
+def paper_number(dataset: str, method: str, dim: int, train: int | None, authors: bool = False
                  ) -> tuple[float, float] | None:
+  del authors  # the paper's number is the authors' model's
   row = TABLES.get((dataset, dim, train), {}).get(method)
   return None if row is None else (row[1], row[2])
 
@@ -92,7 +96,7 @@ def paper_number(dataset: str, method: str, dim: int, train: int | None
 def row_config(dataset: str, arg: str | None, default_dim: int = 32
                ) -> ml_collections.ConfigDict:
   """The config of one table row (see the module docstring)."""
-  method, dim, train = parse(arg, default_dim)
+  method, dim, train, authors = parse(arg, default_dim)
   table = TABLES.get((dataset, dim, train))
   if table is None:
     rows = sorted(f"dim={d}" + (f",train={n}" if n else "")
@@ -114,4 +118,7 @@ def row_config(dataset: str, arg: str | None, default_dim: int = 32
   examples = train or TRAIN_SIZES[dataset]
   config.num_train_steps = max(examples * EPOCHS // config.batch_size, 1000)
   config.eval_every = config.checkpoint_every = max(config.num_train_steps // 50, 100)
+  if authors:
+    for field, value in AUTHORS_MODEL.items():
+      set_field(config, field, value)
   return config
