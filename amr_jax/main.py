@@ -28,6 +28,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  from amr_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.apply_defaults()  # before any device exists: XLA reads XLA_FLAGS once
   import jax  # pylint: disable=g-import-not-at-top
   from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from amr_jax import parallel  # pylint: disable=g-import-not-at-top

@@ -343,7 +343,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     nonlocal last_read
     history = [(s, parallel.to_host(m)) for s, m in window]
     bad = _first_non_finite(history)
-    stacked = {name: np.stack([m[name] for _, m in history]) for name in history[-1][1]}
+    # A metric missing from some steps (G's loss terms, computed on G's steps only) is the mean
+    # over the steps that have it.
+    names = dict.fromkeys(name for _, m in history for name in m)
+    stacked = {name: np.stack([m[name] for _, m in history if name in m]) for name in names}
     record = {name: float(np.mean(values)) for name, values in stacked.items()}
     if multi:  # each seed's own curve too (its window mean)
       record.update({f"{name}_per_seed": values.mean(axis=0).tolist()

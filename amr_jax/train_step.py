@@ -17,6 +17,9 @@ with ``m`` from the ClassMixer(y_mix):
 Baselines built on the same step: 'ae_gan' (no mix terms); 'acai' (Berthelot et al. 2019: a
 critic regresses the folded mixing coefficient; see ``_acai_*``); 'beta_vae' (no D at all).
 
+G's terms through D (and the consistency term) are computed only on the steps where G steps;
+the others need from G only the codes and the decoded images D trains on.
+
 Where gradients stop: D's loss sees the generated images as constants (``stop_gradient``), so it
 sends nothing into G; G's loss differentiates through D but only G's parameters are updated, with
 D's spectral-norm state frozen; the probe reads ``stop_gradient(h)``, so it never trains the
@@ -25,6 +28,7 @@ encoder.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -119,8 +123,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     m = mask.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + (h.shape[-1],))
     return m * h + (1.0 - m) * h_partner, y_mix, mask
 
-  def generator_loss(generator, state, batch, key):
-    """G's loss. Returns (total, (terms, h, fakes, extras)); fakes are decoded images for D."""
+  def generator_loss(generator, state, batch, key, for_update=True):
+    """G's loss. Returns (total, (terms, h, fakes, extras)); fakes are decoded images for D.
+
+    ``for_update=False`` (a step where G does not step): only what D and the probe need, the
+    codes and the decoded images, plus the reconstruction term; the terms through D and the
+    consistency term are skipped (nothing would use them) and ``total`` is incomplete."""
     x = batch["image"]
     key_mix, key_sup, key_noise = jax.random.split(key, 3)
     raw = nets.encoder.apply({"params": generator["encoder"]}, x)
@@ -157,6 +165,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
       terms["mask"] = jnp.mean(jnp.square(jnp.sum(mask, axis=-1) - channels / 2))
       total += config.supervised.mask_eps * terms["mask"]
 
+    if not for_update:
+      return total, (terms, h, fakes, extras)
     if model == "acai":
       # The autoencoder wants the critic to see no interpolation in its decoded mixes.
       critic, _ = discriminate(state, fakes["mix"], update_stats=False)
@@ -235,8 +245,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     updates, opt = optimizers.generator.update(grads, state.generator_opt, state.generator)
     return optax.apply_updates(state.generator, updates), opt, loss, aux
 
-  def generator_forward_only(state, batch, key):
-    loss, aux = generator_loss(state.generator, state, batch, key)
+  def generator_forward_only(state, batch, key, for_update=False):
+    loss, aux = generator_loss(state.generator, state, batch, key, for_update=for_update)
     return state.generator, state.generator_opt, loss, aux
 
   def train_step(state: TrainState, batch: Batch, key: jax.Array,
@@ -247,16 +257,22 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     # the step decides, which XLA:CPU runs about 3x slower than either branch alone.
     if update_generator is None and g_every == 1:
       update_generator = True
+    # On steps where G does not step, its loss terms through D are not computed (a D forward
+    # over the decoded images saved) and not logged: G's terms are means over G's steps.
     if update_generator is None:
+      # Both branches of a cond return the same structure: here the full loss is computed.
       g_updated = state.step % g_every == 0
       generator, generator_opt, g_loss, aux = jax.lax.cond(
-          g_updated, generator_update, generator_forward_only, state, batch, key)
+          g_updated, generator_update,
+          functools.partial(generator_forward_only, for_update=True), state, batch, key)
     else:
       g_updated = jnp.asarray(update_generator)
       generator, generator_opt, g_loss, aux = (
           generator_update if update_generator else generator_forward_only)(state, batch, key)
     terms, h, fakes, extras = aux
-    metrics = {"g_loss": g_loss, "g_updated": g_updated.astype(jnp.float32), **terms}
+    metrics = {"g_updated": g_updated.astype(jnp.float32), **terms}
+    if update_generator is not False:
+      metrics["g_loss"] = g_loss
     new_state = state.replace(step=state.step + 1, generator=generator,
                               generator_opt=generator_opt)
 

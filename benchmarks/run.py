@@ -42,6 +42,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "dsprites": {"dsprites": "mixup"},
 }
 TINY_SPLITS = (512, 200, 200)
+# Configs the authors' step timing (../shared/reference/torch_step_speed.py) also builds.
+REFERENCE_CONFIGS = ("mnist_dim32", "svhn_dim256")
 # Settings of amr_jax.main: the same persistent-cache policy as a real run.
 MIN_CACHED_COMPILE_S = 0.5
 
@@ -765,7 +767,39 @@ def markdown(report: dict[str, Any]) -> str:
   lines += ["", ("Loop img/s counts evaluation and checkpointing amortised over each config's "
                  "eval_every / checkpoint_every (the N above). Peak memory: "
                  + "; ".join(kinds) + ".")]
+  compared = {k: v for r in ok.values() for k, v in r.get("vs_reference", {}).items()}
+  if compared:
+    lines += ["", "Against the authors' PyTorch training iteration (benchmarks/reference.py; "
+              "interleaved rounds, medians, bare steps):", "",
+              "| setting | authors' img/s | amr_jax img/s | speedup |", "|---|---|---|---|"]
+    for key, v in compared.items():
+      name, g_every = key.split(":")
+      lines.append(f"| {name}, G every {g_every} | {_fmt(v['reference_images_per_s'])} | "
+                   f"{_fmt(v['images_per_s'])} | {v['speedup_vs_reference']:.2f}x |")
   return "\n".join(lines) + "\n"
+
+
+def add_reference(report: dict[str, Any], names: list[str], args) -> None:
+  """The authors' iteration against ours (benchmarks/reference.py) for the configs their script
+  knows, with G every g_every (the config's) and every 1: per config ``reference_images_per_s``
+  and ``speedup_vs_reference`` (at the config's g_every) and ``vs_reference`` (both settings)."""
+  from benchmarks import reference  # pylint: disable=g-import-not-at-top
+  known = [n for n in names if n in REFERENCE_CONFIGS]
+  settings = [(n, g) for n in known
+              for g in dict.fromkeys((report["configs"][n].get("g_every", 5), 1))]
+  if not settings:
+    return
+  result = reference.compare(settings, args.reference, args.reference_python,
+                             rounds=args.reference_rounds, steps=max(args.steps // 10, 4),
+                             timeout=args.timeout or None, cache_dir=args.cache_dir,
+                             tiny=args.tiny)
+  for name in known:
+    row = report["configs"][name]
+    row["vs_reference"] = {k: v for k, v in result["settings"].items()
+                           if k.startswith(name + ":")}
+    own = row["vs_reference"][f"{name}:{row.get('g_every', 5)}"]
+    row["reference_images_per_s"] = own["reference_images_per_s"]
+    row["speedup_vs_reference"] = own["speedup_vs_reference"]
 
 
 def parse_args(argv=None):
@@ -793,6 +827,12 @@ def parse_args(argv=None):
                       help="persistent compilation cache to use instead of a fresh temporary "
                            "one (then compile_s_cold is only cold if the cache is empty; for "
                            "quick smoke tests)")
+  parser.add_argument("--reference", default="",
+                      help="the authors' code's folder (../shared/reference): also time their "
+                           "training iteration against ours, interleaved (benchmarks/reference.py)")
+  parser.add_argument("--reference_python", default="python",
+                      help="a Python with torch for the authors' code")
+  parser.add_argument("--reference_rounds", type=int, default=3)
   parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
   parser.add_argument("--_name", default="", help=argparse.SUPPRESS)
   parser.add_argument("--_cache_dir", dest="child_cache_dir", default="", help=argparse.SUPPRESS)
@@ -811,6 +851,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args._child:  # pylint: disable=protected-access
+    from amr_jax import xla_flags  # pylint: disable=g-import-not-at-top
+    xla_flags.apply_defaults()  # as amr_jax.main does, before JAX creates its backend
     fn = measure if args._child == "measure" else first_step  # pylint: disable=protected-access
     try:
       result = fn(args._name, args)  # pylint: disable=protected-access
@@ -849,6 +891,8 @@ def main(argv=None) -> int:
           f"step {result['step_images_per_s']:.1f} img/s, loop {result['loop_images_per_s']:.1f}"
           f" img/s, ratio {result['loop_to_step_ratio']:.3f}")]
       print(f"{name}: {status[0]} ({result['wall_s']:.0f} s)", flush=True)
+  if args.reference:
+    add_reference(report, names, args)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(report, f, indent=1)

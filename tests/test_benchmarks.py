@@ -20,9 +20,17 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
   # The tests' compilation cache (conftest.py): after the first run, compiles are read from it.
   cache = os.path.join(os.path.expanduser(
       os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla")), "benchmarks")
+  # A stand-in for the authors' step timing (its real one needs torch): a fixed speed.
+  reference = tmp_path / "reference"
+  reference.mkdir()
+  (reference / "torch_step_speed.py").write_text(
+      "import json, sys\nprint(json.dumps({'impl': 'authors_pytorch', 'arch': sys.argv[1], "
+      "'g_every': int(sys.argv[2]), 'images_per_s': 1e6, 'torch': 'none', 'threads': 2}))\n")
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.run", "--tiny", "--configs=mnist_dim32", "--steps=10",
-       "--first_step_runs=1", f"--cache_dir={cache}", f"--out={out}"],
+       "--first_step_runs=1", f"--cache_dir={cache}", f"--out={out}",
+       f"--reference={reference}", f"--reference_python={sys.executable}",
+       "--reference_rounds=1"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   report = json.loads(out.read_text())
@@ -39,6 +47,14 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
   assert report["hardware"]["jax_version"] and report["hardware"]["platform"]
   summary = (tmp_path / "report.md").read_text()
   assert "| mnist_dim32 | 8 |" in summary
+  # The comparison with the authors' code: G every 5 (the config's) and every 1.
+  assert row["reference_images_per_s"] == 1e6
+  assert set(row["vs_reference"]) == {"mnist_dim32:5", "mnist_dim32:1"}
+  ours = row["vs_reference"]["mnist_dim32:5"]["images_per_s"]
+  assert ours > 0 and row["speedup_vs_reference"] == ours / 1e6
+  assert "| mnist_dim32, G every 1 | 1e+06 |" in summary
+  # The children ran with amr_jax's default XLA flags (amr_jax.xla_flags).
+  assert "ynn_fusion_type" in report["hardware"]["xla_flags"]
 
 
 def test_markdown_marks_a_failed_config():

@@ -19,8 +19,15 @@ def test_reads_both_codes_and_writes_table_and_plot(tmp_path):
               "valid_probe_acc_per_seed": [0.1, 0.5]}]
   (ours / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
+  variant = tmp_path / "variant"
+  variant.mkdir()
+  (variant / "config.json").write_text(json.dumps({"seed": 3}))
+  (variant / "metrics.jsonl").write_text(json.dumps(
+      {"step": 500, "recon": 0.25, "valid_probe_acc": 0.9}) + "\n")
+
   out = tmp_path / "curves"
-  reference_curves.write(str(tmp_path / "authors*.jsonl"), [str(ours)], str(out))
+  reference_curves.write(str(tmp_path / "authors*.jsonl"), [str(ours)], str(out),
+                         authors_model_workdirs=[str(variant)])
   data = json.loads((tmp_path / "curves_data.json").read_text())
   assert data["authors"]["valid_probe_acc"] == {"0": {"500": 0.2, "1000": 0.5},
                                                 "1": {"500": 0.4, "1000": 0.7}}
@@ -28,6 +35,8 @@ def test_reads_both_codes_and_writes_table_and_plot(tmp_path):
   # Our reconstruction at an evaluation: the mean of the window's records, per seed.
   assert data["amr_jax"]["recon"] == {"0": {"500": 0.7}, "1": {"500": 0.5}}
   table = (tmp_path / "curves_table.md").read_text()
-  assert "| 500 | 0.300 ± 0.141 (n=2) | 0.200, 0.400 | 0.300 ± 0.283 (n=2) | 0.100, 0.500 |" in table
-  assert "| 1000 | 0.600 ± 0.141 (n=2) | 0.500, 0.700 | - | - |" in table
+  assert data["amr_jax_authors_model"]["recon"] == {"3": {"500": 0.25}}
+  assert ("| 500 | 0.300 ± 0.141 (n=2) | 0.200, 0.400 | 0.300 ± 0.283 (n=2) | 0.100, 0.500 "
+          "| 0.900 (n=1) | 0.900 |") in table
+  assert "| 1000 | 0.600 ± 0.141 (n=2) | 0.500, 0.700 | - | - | - | - |" in table
   assert (tmp_path / "curves.png").stat().st_size > 1000
