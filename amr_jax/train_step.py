@@ -18,7 +18,8 @@ Baselines built on the same step: 'ae_gan' (no mix terms); 'acai' (Berthelot et 
 critic regresses the folded mixing coefficient; see ``_acai_*``); 'beta_vae' (no D at all).
 
 G's terms through D (and the consistency term) are computed only on the steps where G steps;
-the others need from G only the codes and the decoded images D trains on.
+the others need from G only the codes and the decoded images D trains on. On G's steps of the
+GAN models one D forward over [x, *fakes] serves both G's terms and D's loss (``shared_update``).
 
 Where gradients stop: D's loss sees the generated images as constants (``stop_gradient``), so it
 sends nothing into G; G's loss differentiates through D but only G's parameters are updated, with
@@ -123,12 +124,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     m = mask.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + (h.shape[-1],))
     return m * h + (1.0 - m) * h_partner, y_mix, mask
 
-  def generator_loss(generator, state, batch, key, for_update=True):
+  def generator_loss(generator, state, batch, key, for_update=True, shared_d=False):
     """G's loss. Returns (total, (terms, h, fakes, extras)); fakes are decoded images for D.
 
     ``for_update=False`` (a step where G does not step): only what D and the probe need, the
     codes and the decoded images, plus the reconstruction term; the terms through D and the
-    consistency term are skipped (nothing would use them) and ``total`` is incomplete."""
+    consistency term are skipped (nothing would use them) and ``total`` is incomplete.
+    ``shared_d`` (GAN models): D's forward also judges x and advances its spectral state, and
+    ``extras['discriminator']`` hands (outputs, spectral state) on to D's loss (shared_update)."""
     x = batch["image"]
     key_mix, key_sup, key_noise = jax.random.split(key, 3)
     raw = nets.encoder.apply({"params": generator["encoder"]}, x)
@@ -177,8 +180,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
       total += config.acai.advweight * terms["critic_mix"]
     else:
       # D judges the fakes with its current parameters and frozen spectral state; only G learns.
-      out, _ = discriminate(state, jnp.concatenate(list(fakes.values())), update_stats=False)
-      logits, attributes = split_outputs(out, list(fakes))
+      # (Its power iteration starts from the stored state either way: the same normalised
+      # weights whether or not the new state is kept.)
+      names = ["real", *fakes] if shared_d else list(fakes)
+      images = jnp.concatenate(([x] if shared_d else []) + list(fakes.values()))
+      out, spectral = discriminate(state, images, update_stats=shared_d)
+      if shared_d:
+        extras["discriminator"] = (out, spectral)
+      logits, attributes = split_outputs(out, names)
       terms["gan_rec"] = gan(logits["rec"], True)
       total += terms["gan_rec"]
       if mixing:
@@ -204,19 +213,23 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     fakes = {name: jax.lax.stop_gradient(f) for name, f in fakes.items()}  # never reaches G
     if model == "acai":
       return _acai_critic_loss(state, x, fakes, jax.lax.stop_gradient(extras["alpha"]))
-    names = ["real", *fakes]
     out, spectral = discriminate(state, jnp.concatenate([x, *fakes.values()]), update_stats=True)
-    logits, attributes = split_outputs(out, names)
-    loss = gan(logits["real"], True) + sum(gan(logits[n], False) for n in fakes)
+    loss, metrics = gan_discriminator_loss(out, list(fakes), batch)
+    return loss, (spectral, metrics)
+
+  def gan_discriminator_loss(out, fake_names, batch):
+    """D's GAN loss from its outputs on [x, *fakes]: real -> real, every fake -> fake."""
+    logits, attributes = split_outputs(out, ["real", *fake_names])
+    loss = gan(logits["real"], True) + sum(gan(logits[n], False) for n in fake_names)
     metrics = {
         "d_acc_real": losses.discriminator_accuracy(logits["real"], True),
         "d_acc_fake": jnp.mean(jnp.stack(
-            [losses.discriminator_accuracy(logits[n], False) for n in fakes])),
+            [losses.discriminator_accuracy(logits[n], False) for n in fake_names])),
     }
     if supervised:
       metrics["d_cls_real"] = _bce(attributes["real"], batch["attributes"].astype(jnp.float32))
       loss += metrics["d_cls_real"]
-    return loss, (spectral, metrics)
+    return loss, metrics
 
   def _acai_critic_loss(state, x, fakes, alpha):
     """ACAI's critic: regress the folded mixing coefficient of decoded mixes, and 0 on a blend of
@@ -245,6 +258,28 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     updates, opt = optimizers.generator.update(grads, state.generator_opt, state.generator)
     return optax.apply_updates(state.generator, updates), opt, loss, aux
 
+  def shared_update(state, batch, key):
+    """G's and D's gradients on a G step from one D forward over [x, *fakes]: G's loss reads
+    its outputs on the fakes (D's parameters held), D's loss all of them (the fakes held). The
+    same as generator_update followed by discriminator_loss's gradient, one D forward over the
+    decoded images fewer. Returns G's update as generator_update does and D's (loss, grads,
+    spectral state, metrics)."""
+    def both_losses(generator, discriminator):
+      g_loss, (terms, h, fakes, extras) = generator_loss(
+          generator, state.replace(discriminator=discriminator), batch, key, shared_d=True)
+      out, spectral = extras.pop("discriminator")
+      d_loss, d_metrics = gan_discriminator_loss(out, list(fakes), batch)
+      return (g_loss, d_loss), ((terms, h, fakes, extras), spectral, d_metrics)
+
+    (g_loss, d_loss), backward, (aux, spectral, d_metrics) = jax.vjp(
+        both_losses, state.generator, state.discriminator, has_aux=True)
+    one, zero = jnp.ones_like(g_loss), jnp.zeros_like(g_loss)
+    g_grads, _ = backward((one, zero))  # G's loss; its gradient for D is never used (dead code)
+    _, d_grads = backward((zero, one))  # D's loss; its gradient for G is never used
+    updates, opt = optimizers.generator.update(g_grads, state.generator_opt, state.generator)
+    return ((optax.apply_updates(state.generator, updates), opt, g_loss, aux),
+            (d_loss, d_grads, spectral, d_metrics))
+
   def generator_forward_only(state, batch, key, for_update=False):
     loss, aux = generator_loss(state.generator, state, batch, key, for_update=for_update)
     return state.generator, state.generator_opt, loss, aux
@@ -259,7 +294,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
       update_generator = True
     # On steps where G does not step, its loss terms through D are not computed (a D forward
     # over the decoded images saved) and not logged: G's terms are means over G's steps.
-    if update_generator is None:
+    # On G's steps of the GAN models, G's terms and D's loss share D's forward (shared_update).
+    shared = update_generator is True and model in ("amr", "ae_gan")
+    if shared:
+      g_updated = jnp.asarray(True)
+      (generator, generator_opt, g_loss, aux), d_step = shared_update(state, batch, key)
+    elif update_generator is None:
       # Both branches of a cond return the same structure: here the full loss is computed.
       g_updated = state.step % g_every == 0
       generator, generator_opt, g_loss, aux = jax.lax.cond(
@@ -278,8 +318,11 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
 
     # Discriminator (or ACAI's critic): real x against G's outputs, held fixed.
     if uses_discriminator:
-      (d_loss, (spectral, d_metrics)), d_grads = jax.value_and_grad(
-          discriminator_loss, has_aux=True)(state.discriminator, state, batch, fakes, extras)
+      if shared:
+        d_loss, d_grads, spectral, d_metrics = d_step
+      else:
+        (d_loss, (spectral, d_metrics)), d_grads = jax.value_and_grad(
+            discriminator_loss, has_aux=True)(state.discriminator, state, batch, fakes, extras)
       d_updates, discriminator_opt = optimizers.discriminator.update(
           d_grads, state.discriminator_opt, state.discriminator)
       new_state = new_state.replace(
