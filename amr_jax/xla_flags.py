@@ -26,7 +26,7 @@ def apply_defaults(environ: MutableMapping[str, str] | None = None) -> list[str]
 
   Raises RuntimeError when JAX's backends already exist (the flags would silently do nothing).
   """
-  environ = os.environ if environ is None else environ
+  environ = os.environ if environ is None else environ  # another mapping: e.g. a child's env
   if environ.get(SWITCH, "1") == "0":
     return []
   current = environ.get("XLA_FLAGS", "")
@@ -34,6 +34,9 @@ def apply_defaults(environ: MutableMapping[str, str] | None = None) -> list[str]
            if not re.search(rf"--{re.escape(name)}(=|\s|$)", current)]
   if not added:
     return []
+  if environ is not os.environ:  # a copy for a child process: JAX's state does not matter
+    environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return added
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   if xla_bridge.backends_are_initialized():
     raise RuntimeError(f"amr_jax.xla_flags.apply_defaults() must run before JAX creates its "

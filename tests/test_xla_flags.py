@@ -32,11 +32,13 @@ def test_the_users_own_setting_and_the_switch_win():
   assert xla_flags.apply_defaults(off) == [] and "XLA_FLAGS" not in off
 
 
-def test_too_late_is_an_error_not_a_silent_no_op():
+def test_too_late_is_an_error_not_a_silent_no_op(monkeypatch):
   import jax
   jax.devices()  # the test process's backends exist
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.delenv(xla_flags.SWITCH, raising=False)
   with pytest.raises(RuntimeError, match="before JAX creates its backends"):
-    xla_flags.apply_defaults({})
+    xla_flags.apply_defaults()
 
 
 def _run(tmp_path, name, switch):
