@@ -185,14 +185,9 @@ def main(argv=None) -> int:
                                 + (list(argv) if argv is not None else sys.argv[1:]))}
   report.update(compare(settings, args.reference, args.reference_python, rounds=args.rounds,
                         steps=args.steps, timeout=args.timeout or None, tiny=args.tiny))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=1)
-    f.write("\n")
-  md_path = os.path.splitext(args.out)[0] + ".md"
-  with open(md_path, "w") as f:
-    f.write(markdown(report))
-  print(markdown(report))
+  summary = markdown(report)
+  bench.write_report(report, args.out, summary)
+  print(summary)
   return 0
 
 

@@ -779,6 +779,18 @@ def markdown(report: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def write_report(report: dict[str, Any], out: str, summary: str) -> str:
+  """Writes the JSON report to ``out`` and the Markdown ``summary`` beside it; returns its path."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(report, f, indent=1)
+    f.write("\n")
+  md_path = os.path.splitext(out)[0] + ".md"
+  with open(md_path, "w") as f:
+    f.write(summary)
+  return md_path
+
+
 def add_reference(report: dict[str, Any], names: list[str], args) -> None:
   """The authors' iteration against ours (benchmarks/reference.py) for the configs their script
   knows, with G every g_every (the config's) and every 1: per config ``reference_images_per_s``
@@ -893,13 +905,7 @@ def main(argv=None) -> int:
       print(f"{name}: {status[0]} ({result['wall_s']:.0f} s)", flush=True)
   if args.reference:
     add_reference(report, names, args)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=1)
-    f.write("\n")
-  md_path = os.path.splitext(args.out)[0] + ".md"
-  with open(md_path, "w") as f:
-    f.write(markdown(report))
+  md_path = write_report(report, args.out, markdown(report))
   print(f"wrote {args.out} and {md_path}")
   return 0 if all("error" not in r for r in report["configs"].values()) else 1
 
