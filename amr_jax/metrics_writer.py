@@ -1,4 +1,5 @@
-"""Metrics out: one JSON line per logged step in metrics.jsonl, plus TensorBoard event files."""
+"""Metrics out: one JSON line per logged step in metrics.jsonl, pictures as PNG files in
+images/, and both as TensorBoard summaries (scalars and images)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import json
 import logging
 import os
 from typing import Any
+
+import numpy as np
+
+from amr_jax import visualize
 
 
 class MetricsWriter:
@@ -35,6 +40,7 @@ class MetricsWriter:
       with open(self._path, "w") as f:
         f.writelines(kept)
     self._logdir = os.path.join(workdir, "tensorboard")
+    self._images = os.path.join(workdir, "images")
     self._tensorboard = concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="amr_jax-tensorboard")
 
@@ -43,12 +49,29 @@ class MetricsWriter:
       return
     with open(self._path, "a") as f:
       f.write(json.dumps({"step": step, **metrics}) + "\n")
-    if self._tensorboard is not None:
-      if self._summary is None:
-        self._summary = self._tensorboard.submit(_create_summary_writer, self._logdir)
-      scalars = {name: value for name, value in metrics.items()
-                 if isinstance(value, (int, float))}  # per-seed lists stay in metrics.jsonl
-      self._tensorboard.submit(self._write_scalars, step, scalars)
+    scalars = {name: value for name, value in metrics.items()
+               if isinstance(value, (int, float))}  # per-seed lists stay in metrics.jsonl
+    self._submit(self._write_scalars, step, scalars)
+
+  def write_pictures(self, step: int, pictures: dict[str, np.ndarray]) -> list[str]:
+    """Writes uint8 (H, W, C) pictures as WORKDIR/images/step_XXXXXXX_NAME.png and as
+    TensorBoard image summaries; returns the PNG paths."""
+    if not self._enabled or not pictures:
+      return []
+    paths = []
+    for name, picture in pictures.items():
+      paths.append(os.path.join(self._images, f"step_{step:07d}_{name}.png"))
+      visualize.save_png(paths[-1], picture)
+    self._submit(self._write_images, step, dict(pictures))
+    return paths
+
+  def _submit(self, write, *args) -> None:
+    """Queues a TensorBoard write on the background thread (creating the writer first)."""
+    if self._tensorboard is None:
+      return
+    if self._summary is None:
+      self._summary = self._tensorboard.submit(_create_summary_writer, self._logdir)
+    self._tensorboard.submit(write, *args)
 
   def _write_scalars(self, step: int, scalars: dict[str, float]) -> None:
     summary = self._summary.result()
@@ -58,6 +81,16 @@ class MetricsWriter:
     with writer.as_default(step=step):
       for name, value in scalars.items():
         tf.summary.scalar(name, value)
+    writer.flush()
+
+  def _write_images(self, step: int, pictures: dict[str, np.ndarray]) -> None:
+    summary = self._summary.result()
+    if summary is None:
+      return
+    writer, tf = summary
+    with writer.as_default(step=step):
+      for name, picture in pictures.items():
+        tf.summary.image(name, picture[None])  # a batch of one (1, H, W, C) uint8
     writer.flush()
 
   def close(self) -> None:

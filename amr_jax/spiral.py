@@ -9,7 +9,8 @@ claim: mixes land on the spiral more often as the consistency weight beta gets s
 - :func:`distance_to_spiral`: Euclidean distance from points to the noise-free curve.
 - :func:`mix_statistics`: mean distance and the fraction within a tolerance.
 - :func:`evaluate_mixes`: encode, mix, decode, measure, given (jitted) encode/decode callables.
-- :func:`plot`: a PNG scatter (data grey, decoded mixes red, the curve as a thin line), with PIL.
+- :func:`render` / :func:`plot`: a scatter (data grey, decoded mixes red, the curve as a thin
+  line) as a picture / a PNG file, with PIL.
 
 Distances are computed on the host in float64 (numpy); only encoding, mixing and decoding run in
 JAX.
@@ -30,7 +31,7 @@ from amr_jax import mixers
 from amr_jax.data import spiral as spiral_data
 
 __all__ = ["TOLERANCE", "NUM_MIX_POINTS", "distance_to_spiral", "mix_statistics",
-           "evaluate_mixes", "plot"]
+           "evaluate_mixes", "render", "plot"]
 
 TOLERANCE = 0.05
 """Default distance under which a point counts as on the spiral: 2.5x the data noise (0.02), so
@@ -189,26 +190,22 @@ def _dots(draw: ImageDraw.ImageDraw, pixels: np.ndarray, radius: float, color) -
     draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color)
 
 
-def plot(path: str, data_points: np.ndarray, decoded_mixes: np.ndarray,
-         reconstructions: np.ndarray | None = None, *, title: str = "", size: int = 512,
-         extent: float = 1.25) -> str:
-  """Writes a PNG scatter in the style of the paper's Figure 12.
+def render(data_points: np.ndarray, decoded_mixes: np.ndarray,
+           reconstructions: np.ndarray | None = None, *, title: str = "", size: int = 512,
+           extent: float = 1.25) -> np.ndarray:
+  """A scatter in the style of the paper's Figure 12, as a uint8 (size, size, 3) picture.
 
   Data points in grey, the noise-free spiral as a thin dark line, reconstructions (optional) in
   blue, decoded mixes in red on top; a legend (with how many points fell outside the view) and an
   optional ``title`` line at the top left.
 
   Args:
-    path: where to write the PNG (parent folders are created).
     data_points: (N, 2) training points.
     decoded_mixes: (M, 2) decoded mixes.
     reconstructions: optional (R, 2) reconstructions of training points.
     title: text drawn at the top.
     size: width and height in pixels.
     extent: the view is [-extent, extent]^2.
-
-  Returns:
-    ``path``.
   """
   image = Image.new("RGB", (size, size), (255, 255, 255))
   draw = ImageDraw.Draw(image)
@@ -234,6 +231,13 @@ def plot(path: str, data_points: np.ndarray, decoded_mixes: np.ndarray,
     draw.rectangle((6, top + 3, 12, top + 9), fill=color)
     draw.text((16, top), text, fill=(0, 0, 0))
     top += 12
+  return np.asarray(image)
+
+
+def plot(path: str, data_points: np.ndarray, decoded_mixes: np.ndarray,
+         reconstructions: np.ndarray | None = None, **kwargs) -> str:
+  """Writes :func:`render`'s picture as a PNG at ``path`` (parent folders are created); the
+  keyword arguments are render's. Returns ``path``."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  image.save(path)
+  Image.fromarray(render(data_points, decoded_mixes, reconstructions, **kwargs)).save(path)
   return path

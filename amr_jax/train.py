@@ -1,8 +1,9 @@
 """``train_and_evaluate(config, workdir)``: the one training loop.
 
-It validates the config, loads the data, builds the networks and the jitted step, resumes from
-the newest good checkpoint, and then trains, logging metrics, evaluating the probe, saving
-pictures and checkpoints. Only process 0 writes logs and pictures; every process checkpoints.
+It validates the config, loads the data, builds the networks, the jitted step and the evaluators
+``config.evals`` names (:mod:`amr_jax.evaluators`), resumes from the newest good checkpoint, and
+then trains, logging metrics, running the evaluators and saving checkpoints. Only process 0
+writes logs and pictures; every process checkpoints.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -24,18 +25,16 @@ import tqdm
 from amr_jax import checkpointing
 from amr_jax import config as config_lib
 from amr_jax import data as data_lib
-from amr_jax.data import dsprites
-from amr_jax import evaluation
 from amr_jax import networks as networks_lib
 from amr_jax import parallel
-from amr_jax import spiral
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
-from amr_jax import visualize
+from amr_jax.evaluators import common as evaluators
 from amr_jax.metrics_writer import MetricsWriter
 
 # Streams of randomness, each derived from the seed; a step's key is fold_in(stream, step).
-_INIT, _TRAIN, _PICTURES = 0, 1, 2
+# (Stream 2 draws the pictures: amr_jax/evaluators/pictures.py.)
+_INIT, _TRAIN = 0, 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -197,234 +196,223 @@ def make_jitted_state_and_steps(config: ml_collections.ConfigDict, dataset: data
   return init_state, steps
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
-                       ) -> tuple[train_state_lib.TrainState, dict[str, Any]]:
-  """Trains and evaluates AMR as configured; resumes from ``workdir`` if it holds a run.
-
-  With ``config.num_seeds`` > 1, seeds ``seed, seed + 1, ...`` train side by side in one jitted
-  step (``vmap`` over a leading seeds axis of the train state), each with its own parameters,
-  random draws and batch order; every state leaf then has that leading axis.
-
-  Returns the final train state and a summary: last step, best validation probe accuracy, the
-  test accuracy at that point and the step it was reached (lists, one per seed, when
-  num_seeds > 1).
-  """
-  config_lib.validate(config)
-  check_workdir(config, workdir)
-  is_main = jax.process_index() == 0
-
-  dataset = data_lib.load(
+def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+  return data_lib.load(
       config.data.name, seed=config.data.split_seed, image_size=config.data.image_size,
       manual_dir=config.data.manual_dir, data_dir=config.data.data_dir,
       num_valid=config.data.num_valid, num_train=config.data.num_train,
       attributes=tuple(config.data.attributes))
-  nets = build_networks(config, dataset)
-  optimizers = train_state_lib.make_optimizers(config.optim)
-  mesh = parallel.make_mesh()
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """WORKDIR/config.json, written whole then renamed (another process never reads half)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + ".tmp", path)
+
+
+def make_batch_fn(config: ml_collections.ConfigDict, train: data_lib.Split,
+                  mesh: jax.sharding.Mesh) -> Callable[[int], dict[str, jax.Array]]:
+  """``batch_at(step)``: the global batch of ``step``, this process supplying its own rows;
+  each seed has its own batch order (a leading seeds axis when several train side by side)."""
   seeds = [config.seed + i for i in range(config.num_seeds)]
+  rows = parallel.local_rows(config.batch_size)
+
+  def one_seed(seed: int, step: int) -> dict[str, np.ndarray]:
+    idx = data_lib.batch_indices(seed, step, len(train.labels), config.batch_size)[rows]
+    batch = {"image": train.images[idx], "label": train.labels[idx]}
+    if config.supervised.enabled:
+      batch["attributes"] = train.attributes[idx]
+    return batch
+
+  def batch_at(step: int) -> dict[str, jax.Array]:
+    batches = [one_seed(seed, step) for seed in seeds]
+    local = batches[0] if len(seeds) == 1 else {
+        k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    return parallel.global_batch(mesh, local, seeds_axis=len(seeds) > 1)
+
+  return batch_at
+
+
+def make_evaluator_context(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
+                           nets: networks_lib.Networks, mesh: jax.sharding.Mesh
+                           ) -> evaluators.Context:
+  seeds = tuple(config.seed + i for i in range(config.num_seeds))
   multi = len(seeds) > 1
   batching = resolve_seed_batching(config.seed_batching)
-  init_state, steps = make_jitted_state_and_steps(config, dataset, nets, optimizers, mesh)
-  # The state's shapes and shardings (a trace, nothing compiled or run): enough to restore a
-  # checkpoint into (a resumed run never builds the initial state) and to compile the step.
-  state_spec = parallel.with_sharding(jax.eval_shape(init_state), parallel.replicated(mesh))
-  step_variant = lambda step: steps[step % config.g_every == 0]
-  # One seed's state out of the stack (pictures and disentanglement metrics are per seed).
   select = jax.jit(lambda s, i: jax.tree.map(lambda a: a[i], s) if multi else s,
                    static_argnums=1, out_shardings=parallel.replicated(mesh))
-  encode = evaluation.make_encode(
-      lambda s, x: train_step_lib.code(nets, config, s.generator["encoder"], x), mesh)
-  finite_parts = jax.jit(lambda s: {
+  return evaluators.Context(
+      config=config, dataset=dataset, nets=nets, mesh=mesh, seeds=seeds,
+      per_seed=lambda fn, shared=(): over_seeds(fn, batching, shared) if multi else fn,
+      select=select)
+
+
+def make_finite_check(mesh: jax.sharding.Mesh) -> Callable[[train_state_lib.TrainState],
+                                                           list[str]]:
+  """``bad_parts(state)``: the names of the state's parts holding a NaN or Inf."""
+  finite = jax.jit(lambda s: {
       name: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(part)]))
       for name, part in vars(s).items() if name != "step"}, out_shardings=parallel.replicated(mesh))
-  count_correct = evaluation.make_correct_count(
-      train_step_lib.make_probe_logits(nets, config), mesh,
-      over_seeds=(lambda fn: over_seeds(fn, batching, shared=(1, 2, 3))) if multi else None)
-  pictures_fn = jax.jit(
-      lambda s, x: train_step_lib.generated_images(
-          config, nets, s, x, jax.random.fold_in(jax.random.key(seeds[0]), _PICTURES)),
-      out_shardings=parallel.replicated(mesh))
-  if config.data.name == "spiral":  # the appendix toy: decoded mixes measured against the curve
-    spiral_host = dataset.train.images[:spiral.NUM_MIX_POINTS]
-    spiral_points = parallel.replicate(mesh, spiral_host)
-    spiral_encode = jax.jit(
-        lambda s, x: train_step_lib.code(nets, config, s.generator["encoder"], x),
-        out_shardings=parallel.replicated(mesh))
-    spiral_decode = jax.jit(lambda s, h: train_step_lib.to_image(
-        nets.decoder.apply({"params": s.generator["decoder"]}, h), config.recon_loss),
-        out_shardings=parallel.replicated(mesh))
+  return lambda state: [name for name, ok in parallel.to_host(finite(state)).items() if not ok]
 
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    # Written whole then renamed, so another process never reads half a file.
-    path = os.path.join(workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(path + ".tmp", path)
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  # The best validation accuracy so far, per seed, and the test accuracy and step there.
-  meta = {"best_valid_probe_acc": [-1.0] * len(seeds),
-          "test_probe_acc_at_best": [-1.0] * len(seeds), "best_step": [-1] * len(seeds)}
-  restored = checkpointer.restore_latest(state_spec)
-  start_step = 0
-  if restored is not None:
-    start_step, state, meta = restored
-    if is_main:
-      print(f"resuming from the checkpoint at step {start_step} in {workdir}", flush=True)
-  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step)
 
-  train = dataset.train
-  rows = parallel.local_rows(config.batch_size)
-  pictures_x = parallel.replicate(mesh, dataset.valid.images[:config.num_pictures])
+class _MetricsLog:
+  """The step's metrics, kept on device and read in windows.
 
-  def local_batch(step: int) -> dict[str, np.ndarray]:
-    """This process's rows of the batch at ``step``: each seed has its own batch order."""
-    per_seed_batches = []
-    for seed in seeds:
-      idx = data_lib.batch_indices(seed, step, len(train.labels), config.batch_size)[rows]
-      batch = {"image": train.images[idx], "label": train.labels[idx]}
-      if config.supervised.enabled:
-        batch["attributes"] = train.attributes[idx]
-      per_seed_batches.append(batch)
-    if not multi:
-      return per_seed_batches[0]
-    return {k: np.stack([b[k] for b in per_seed_batches]) for k in per_seed_batches[0]}
+  At a log step the window's metrics start copying to the host and are read at the next log
+  step, long after they arrived, so the host never waits for the device there; evaluations and
+  checkpoints, which need the state anyway, read everything.
+  """
 
-  def evaluate(step: int) -> dict[str, Any]:
-    valid_acc = np.atleast_1d(evaluation.probe_accuracy(
-        count_correct, state, mesh, dataset.valid.images, dataset.valid.labels,
-        config.eval_batch_size))
-    test_acc = np.atleast_1d(evaluation.probe_accuracy(
-        count_correct, state, mesh, dataset.test.images, dataset.test.labels,
-        config.eval_batch_size))
-    per_seed_scores = []
-    if dataset.train.factors is not None:  # ground-truth factors: disentanglement metrics
-      for i, seed in enumerate(seeds):
-        per_seed_scores.append(evaluation.disentanglement_scores(
-            encode, select(state, i), mesh, lambda f: dsprites.LazyImages(f)[:],
-            dsprites.FACTOR_SIZES, config.disentanglement, config.eval_batch_size, seed=seed))
-    if config.data.name == "spiral":  # points, not images: a scatter instead of the grids
-      for i, seed in enumerate(seeds):
-        seed_state = select(state, i)
-        stats, mixes = spiral.evaluate_mixes(
-            spiral_points, seed, encode_fn=lambda x: spiral_encode(seed_state, x),
-            decode_fn=lambda h: spiral_decode(seed_state, h), k=config.k, mixer=config.mixer)
-        per_seed_scores.append({"spiral_mix_mean_distance": stats["mean_distance"],
-                                "spiral_mix_within_tol": stats["fraction_within_tolerance"]})
-        if is_main and i == 0:
-          spiral.plot(os.path.join(workdir, "images", f"step_{step:07d}_spiral.png"),
-                      spiral_host, mixes, title=f"step {step}, beta={config.beta}: mean distance "
-                      f"{stats['mean_distance']:.3f}, within {spiral.TOLERANCE}: "
-                      f"{stats['fraction_within_tolerance']:.2f}")
-    for i in range(len(seeds)):
-      if valid_acc[i] > meta["best_valid_probe_acc"][i]:
-        meta["best_valid_probe_acc"][i] = float(valid_acc[i])
-        meta["test_probe_acc_at_best"][i] = float(test_acc[i])
-        meta["best_step"][i] = step
-    if config.data.name != "spiral":
-      pictures = pictures_fn(select(state, 0), pictures_x)  # every process takes part
-      if is_main:
-        visualize.save_pictures(os.path.join(workdir, "images"), step, parallel.to_host(pictures))
-    per_seed = {"valid_probe_acc": valid_acc.tolist(), "test_probe_acc": test_acc.tolist(),
-                **{k: [s[k] for s in per_seed_scores] for k in (per_seed_scores or [{}])[0]},
-                **meta}
-    return _summarise(per_seed)
+  def __init__(self, start_step: int, multi_seed: bool):
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self._in_flight: list[tuple[int, dict[str, jax.Array]]] = []  # the last window, on its way
+    self._last_read = (time.time(), start_step)
+    self._multi = multi_seed
 
-  # Metrics stay on device. At a log step the window's metrics start copying to the host and
-  # are read at the next log step, long after they arrived, so the host never waits for the
-  # device there; evaluations and checkpoints, which need the state anyway, read everything.
-  pending: list[tuple[int, dict[str, jax.Array]]] = []
-  in_flight: list[tuple[int, dict[str, jax.Array]]] = []  # the last window, on its way
-  last_read = (time.time(), start_step)
-  stop_reason = None
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append((step, metrics))
 
-  def read_window(window) -> tuple[dict[str, float], str | None]:
-    """Means of a window's metrics (and over the seeds), or the first non-finite value."""
-    nonlocal last_read
+  def read(self, everything: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(last step, record) of each window ready to read: the one in flight, and with
+    ``everything`` also the pending one; the rest starts copying. Raises NonFiniteLossError at
+    the first window holding a NaN or Inf (its record is not returned)."""
+    windows = [self._in_flight] if self._in_flight else []
+    if everything:
+      windows.append(self._pending)
+      self._in_flight = []
+    else:
+      for _, m in self._pending:
+        jax.tree.map(lambda a: a.copy_to_host_async(), m)
+      self._in_flight = self._pending
+    self._pending = []
+    return (self._record(window) for window in windows)  # read in turn: a bad one stops there
+
+  def _record(self, window) -> tuple[int, dict[str, Any]]:
+    """Means of a window's metrics (and over the seeds)."""
     history = [(s, parallel.to_host(m)) for s, m in window]
     bad = _first_non_finite(history)
+    if bad is not None:
+      raise NonFiniteLossError(bad)
     # A metric missing from some steps (G's loss terms, computed on G's steps only) is the mean
     # over the steps that have it.
     names = dict.fromkeys(name for _, m in history for name in m)
     stacked = {name: np.stack([m[name] for _, m in history if name in m]) for name in names}
     record = {name: float(np.mean(values)) for name, values in stacked.items()}
-    if multi:  # each seed's own curve too (its window mean)
+    if self._multi:  # each seed's own curve too (its window mean)
       record.update({f"{name}_per_seed": values.mean(axis=0).tolist()
                      for name, values in stacked.items()})
     now, end = time.time(), window[-1][0]
-    record["steps_per_s"] = (end - last_read[1]) / max(now - last_read[0], 1e-9)
-    last_read = (now, end)
-    return record, bad
+    record["steps_per_s"] = (end - self._last_read[1]) / max(now - self._last_read[0], 1e-9)
+    self._last_read = (now, end)
+    return end, record
 
-  def batch_at(s: int) -> dict[str, jax.Array]:
-    return parallel.global_batch(mesh, local_batch(s), seeds_axis=multi)
 
-  # The first step is traced, lowered and compiled (or loaded from the persistent cache) in a
-  # background thread while this thread builds the initial state: the two overlap where XLA
-  # releases the GIL. Measured on 2 CPU cores: the first step starts 0.25 s sooner (3.8 s
-  # after launch, svhn_dim256). The jitted step's own cache then holds the executable.
-  def compile_first_step():
-    if start_step < config.num_train_steps:  # (a finished run, resumed, trains no step)
-      step_variant(start_step).lower(state_spec, batch_at(start_step)).compile()
-
+def build_while_compiling(compile_fn: Callable[[], Any], build_fn: Callable[[], Any]) -> Any:
+  """Runs ``compile_fn`` in a background thread while this thread runs ``build_fn`` (returns its
+  result): the two overlap where XLA releases the GIL. Measured on 2 CPU cores, compiling the
+  first step while building the initial state starts that step 0.25 s sooner (3.8 s after
+  launch, svhn_dim256); the jitted step's own cache then holds the executable."""
   with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amr_jax-compile") as pool:
-    compiled = pool.submit(compile_first_step)
-    if restored is None:
-      state = init_state()  # only a fresh run compiles and runs the initialisation
+    compiled = pool.submit(compile_fn)
+    result = build_fn()
     compiled.result()
+  return result
 
-  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step, disable=not is_main,
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> tuple[train_state_lib.TrainState, dict[str, Any]]:
+  """Trains and evaluates AMR as configured; resumes from ``workdir`` if it holds a run.
+
+  With ``config.num_seeds`` > 1, seeds ``seed, seed + 1, ...`` train side by side in one jitted
+  step (a leading seeds axis on every state leaf), each with its own parameters, random draws
+  and batch order.
+
+  Returns the final train state and a summary: the last step and the evaluators' checkpointed
+  values (the probe's: best validation accuracy, the test accuracy and step there), lists (one
+  per seed) when num_seeds > 1.
+  """
+  config_lib.validate(config)
+  check_workdir(config, workdir)
+  is_main = jax.process_index() == 0
+  dataset = load_dataset(config)
+  nets = build_networks(config, dataset)
+  mesh = parallel.make_mesh()
+  init_state, steps = make_jitted_state_and_steps(
+      config, dataset, nets, train_state_lib.make_optimizers(config.optim), mesh)
+  step_variant = lambda step: steps[step % config.g_every == 0]
+  # The state's shapes and shardings (a trace, nothing compiled or run): enough to restore a
+  # checkpoint into (a resumed run never builds the initial state) and to compile the step.
+  state_spec = parallel.with_sharding(jax.eval_shape(init_state), parallel.replicated(mesh))
+  evals = evaluators.build(make_evaluator_context(config, dataset, nets, mesh))
+  bad_parts = make_finite_check(mesh)
+  batch_at = make_batch_fn(config, dataset.train, mesh)
+  if is_main:
+    write_config(config, workdir)
+
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  restored = checkpointer.restore_latest(state_spec)
+  step = 0
+  if restored is not None:
+    step, _, meta = restored
+    for item in evals:
+      item.evaluator.restore(meta)
+    if is_main:
+      print(f"resuming from the checkpoint at step {step} in {workdir}", flush=True)
+
+  def compile_first_step():
+    if step < config.num_train_steps:  # (a finished run, resumed, trains no step)
+      step_variant(step).lower(state_spec, batch_at(step)).compile()
+
+  # Only a fresh run builds (compiles and runs) the initial state.
+  state = build_while_compiling(compile_first_step,
+                                init_state if restored is None else lambda: restored[1])
+
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=step)
+  log = _MetricsLog(step, multi_seed=config.num_seeds > 1)
+  progress = tqdm.tqdm(total=config.num_train_steps, initial=step, disable=not is_main,
                        dynamic_ncols=True, desc="train")
-  with _Preemption() as preemption, data_lib.Prefetcher(
-      batch_at, start_step, config.num_train_steps) as batches:
-    step = start_step
-    while step < config.num_train_steps:
-      state, metrics = step_variant(step)(state, batches.next())
-      pending.append((step + 1, metrics))
-      step += 1
-      progress.update(1)
-
-      is_last = step == config.num_train_steps
-      preempted = preemption.requested  # read once: a SIGTERM may land at any moment
-      checkpoint_now = step % config.checkpoint_every == 0 or is_last or preempted
-      eval_now = step % config.eval_every == 0 or is_last
-      if step % config.log_every == 0 or checkpoint_now or eval_now:
-        windows = [in_flight] if in_flight else []
-        if checkpoint_now or eval_now:
-          windows.append(pending)
-          in_flight = []
-        else:
-          for _, m in pending:
-            jax.tree.map(lambda a: a.copy_to_host_async(), m)
-          in_flight = pending
-        pending = []
-        for window in windows:
-          record, stop_reason = read_window(window)
-          if stop_reason is not None:
-            break
-          if eval_now and window[-1][0] == step:
-            record.update(evaluate(step))
-          writer.write(window[-1][0], record)
-          progress.set_postfix({k: f"{record[k]:.3g}" for k in
-                                ("d_loss", "g_loss", "recon", "probe_acc") if k in record})
-        if stop_reason is not None:
+  try:
+    with _Preemption() as preemption, data_lib.Prefetcher(
+        batch_at, step, config.num_train_steps) as batches:
+      while step < config.num_train_steps:
+        state, metrics = step_variant(step)(state, batches.next())
+        step += 1
+        log.add(step, metrics)
+        progress.update(1)
+        is_last = step == config.num_train_steps
+        preempted = preemption.requested  # read once: a SIGTERM may land at any moment
+        checkpoint_now = step % config.checkpoint_every == 0 or is_last or preempted
+        eval_now = evaluators.any_due(evals, step, is_last)
+        if step % config.log_every == 0 or checkpoint_now or eval_now:
+          for end, record in log.read(everything=checkpoint_now or eval_now):
+            if eval_now and end == step:
+              result = evaluators.run_due(evals, state, step, is_last)
+              record.update(_summarise(result.metrics))
+              writer.write_pictures(step, result.pictures)
+            writer.write(end, record)
+            progress.set_postfix({k: f"{record[k]:.3g}" for k in
+                                  ("d_loss", "g_loss", "recon", "probe_acc") if k in record})
+        if checkpoint_now:
+          bad = bad_parts(state)
+          if bad:  # never let a non-finite state overwrite a good checkpoint
+            raise NonFiniteLossError(f"step {step}: non-finite values in the state's "
+                                     f"{', '.join(bad)}")
+          checkpointer.save(step, state, evaluators.merged_meta(evals))
+        if preempted:
+          if is_main:
+            print(f"SIGTERM: saved the checkpoint at step {step}; exiting", flush=True)
           break
-      if checkpoint_now:
-        bad_parts = [name for name, ok in parallel.to_host(finite_parts(state)).items() if not ok]
-        if bad_parts:  # never let a non-finite state overwrite a good checkpoint
-          stop_reason = f"step {step}: non-finite values in the state's {', '.join(bad_parts)}"
-          break
-        checkpointer.save(step, state, meta)
-      if preempted:
-        if is_main:
-          print(f"SIGTERM: saved the checkpoint at step {step}; exiting", flush=True)
-        break
-  progress.close()
-  checkpointer.close()
-  writer.close()
-  if stop_reason is not None:
+  except NonFiniteLossError as e:
+    checkpointer.wait()
     kept = checkpointer.all_steps()
-    raise NonFiniteLossError(
-        f"{stop_reason}; stopped without saving this state; the last good "
-        f"checkpoint is step {kept[-1] if kept else 'none'}")
-  return state, {"step": step, **_summarise(meta)}
+    raise NonFiniteLossError(f"{e}; stopped without saving this state; the last good "
+                             f"checkpoint is step {kept[-1] if kept else 'none'}") from None
+  finally:
+    progress.close()
+    checkpointer.close()
+    writer.close()
+  return state, {"step": step, **_summarise(evaluators.merged_meta(evals))}

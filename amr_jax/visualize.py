@@ -28,43 +28,43 @@ def tile(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
   return canvas
 
 
-def save_png(path: str, picture: np.ndarray, scale: int = 2) -> None:
-  """Writes a uint8 (H, W, C) picture, enlarged ``scale`` times (nearest) so small digits show."""
+def enlarge(picture: np.ndarray, scale: int) -> np.ndarray:
+  """Nearest-neighbour enlargement of a (H, W, C) picture, so small digits show."""
+  return picture.repeat(scale, 0).repeat(scale, 1) if scale > 1 else picture
+
+
+def save_png(path: str, picture: np.ndarray, scale: int = 1) -> None:
+  """Writes a uint8 (H, W, C) picture, enlarged ``scale`` times (nearest)."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  if scale > 1:
-    picture = picture.repeat(scale, 0).repeat(scale, 1)
+  picture = enlarge(picture, scale)
   if picture.shape[-1] == 1:
     picture = picture[..., 0]
   Image.fromarray(picture).save(path)
 
 
-def save_pictures(directory: str, step: int, pictures: dict[str, np.ndarray]) -> list[str]:
-  """Writes the pictures of one evaluation (see ``train_step.generated_images``).
+def grids(pictures: dict[str, np.ndarray], scale: int = 2) -> dict[str, np.ndarray]:
+  """The pictures of one evaluation (see ``train_step.generated_images``) laid out as uint8
+  (H, W, C) grids, enlarged ``scale`` times:
 
-  - ``step_XXXXXXX_mixes.png``: rows of inputs, reconstructions, partners, decoded mixes.
-  - ``step_XXXXXXX_interpolation.png``: for each pair, a strip of decoded latent interpolations
-    (mixup: alpha 0 -> 1), then channel swaps where the mixer swaps channels, then the
-    pixel-space interpolation as a reference row.
-  - ``step_XXXXXXX_attribute_mixes.png`` (supervised AMR): per pair, both inputs and the decoded
-    learned mix for every combination of attribute values.
-  Returns the paths written.
+  - 'mixes': rows of inputs, reconstructions, partners, decoded mixes.
+  - 'interpolation': for each pair, a strip of decoded latent interpolations (mixup: alpha
+    0 -> 1), then channel swaps where the mixer swaps channels, then the pixel-space
+    interpolation as a reference row.
+  - 'attribute_mixes' (supervised AMR): per pair, both inputs and the decoded learned mix for
+    every combination of attribute values.
   """
-  grid = tile([pictures[k] for k in ("inputs", "reconstructions", "partners", "mixes")])
-  paths = [os.path.join(directory, f"step_{step:07d}_mixes.png"),
-           os.path.join(directory, f"step_{step:07d}_interpolation.png")]
-  save_png(paths[0], grid)
+  out = {"mixes": tile([pictures[k] for k in ("inputs", "reconstructions", "partners", "mixes")])}
   strips = []
   for pair in range(pictures["latent_interpolation"].shape[0]):
     strips.append(pictures["latent_interpolation"][pair])
     if "channel_interpolation" in pictures:
       strips.append(pictures["channel_interpolation"][pair])
     strips.append(pictures["pixel_interpolation"][pair])
-  save_png(paths[1], tile(strips))
+  out["interpolation"] = tile(strips)
   if "attribute_mixes" in pictures:
     # Per pair: the two inputs, then the decoded mix for each attribute combination (in the
     # binary order of the combination's index: attribute 0 is the lowest bit).
     rows = [np.concatenate([pictures["inputs"][i:i + 2], mixes])
             for i, mixes in enumerate(pictures["attribute_mixes"])]
-    paths.append(os.path.join(directory, f"step_{step:07d}_attribute_mixes.png"))
-    save_png(paths[-1], tile(rows))
-  return paths
+    out["attribute_mixes"] = tile(rows)
+  return {name: enlarge(picture, scale) for name, picture in out.items()}

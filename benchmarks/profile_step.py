@@ -24,7 +24,10 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import run as bench
+from benchmarks import common
+from benchmarks import report as report_lib
+from benchmarks import roofline as roofline_lib
+from benchmarks import step as step_lib
 
 CONTRACTIONS = ("conv_general_dilated", "dot_general")
 
@@ -81,7 +84,7 @@ def time_alone(eqn, reps: int, windows: int) -> dict[str, float]:
           for i, v in enumerate(eqn.invars)]
   fn = jax.jit(lambda *a: eqn.primitive.bind(*a, **eqn.params))
   compiled = fn.lower(*args).compile()
-  flops = bench.flops_of(compiled) or 0.0
+  flops = step_lib.flops_of(compiled) or 0.0
   compiled(*args).block_until_ready()
   best = float("inf")
   for _ in range(windows):
@@ -96,7 +99,7 @@ def seeds_images_per_s(config, dataset, num_seeds: int, mode: str, reps: int,
                        windows: int) -> float:
   """Images/s (all seeds together) of the loop's step with ``num_seeds`` seeds side by side,
   run by ``train.over_seeds`` in ``mode`` ('vmap' or 'unroll'); best window."""
-  step = bench.StepBench(config, dataset, num_seeds=num_seeds, seed_batching=mode)
+  step = step_lib.StepBench(config, dataset, num_seeds=num_seeds, seed_batching=mode)
   step.new_state()
   return max(r["images_per_s"] for r in step.time_windows(windows, reps))
 
@@ -105,13 +108,13 @@ def profile(args) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
   from amr_jax import parallel  # pylint: disable=g-import-not-at-top
-  config = bench.make_config(args.config, tiny=args.tiny, light_eval=True)
+  config = common.make_config(args.config, tiny=args.tiny, light_eval=True)
   config.g_every = args.g_every
-  dataset = bench.make_dataset(args.config, config, tiny=args.tiny)
+  dataset = common.make_dataset(args.config, config, tiny=args.tiny)
   reps, windows = (2, 2) if args.tiny else (args.reps, 3)
 
-  with bench.serve_dataset(dataset, "dsprites" not in bench.CONFIGS[args.config]):
-    step = bench.StepBench(config, dataset)
+  with common.serve_dataset(dataset, "dsprites" not in common.CONFIGS[args.config]):
+    step = step_lib.StepBench(config, dataset)
     state = step.new_state()
     # The step with the generator's update (the loop compiles it apart from the one without).
     jaxpr = jax.make_jaxpr(step.train_steps[True])(state, step.batch).jaxpr
@@ -138,7 +141,7 @@ def profile(args) -> dict[str, Any]:
 
   platform = jax.devices()[0].platform
   n = 512 if args.tiny else (2048 if platform == "cpu" else 8192)
-  roof = bench.roofline(n, "float32", 3, 3)["flops_per_s"]
+  roof = roofline_lib.roofline(n, "float32", 3, 3)["flops_per_s"]
   for row in rows:
     row["flops_per_s"] = row["flops_each"] / row["seconds_each"] if row["seconds_each"] else 0.0
     row["roofline_fraction"] = row["flops_per_s"] / roof
@@ -154,13 +157,13 @@ def profile(args) -> dict[str, Any]:
       "contractions_flops_per_s": contraction_flops / contraction_s if contraction_s else 0.0,
       "roofline_flops_per_s": roof, "ops": rows,
       "seeds_side_by_side_images_per_s": seeds,
-      "hardware": bench.hardware(), "load_average": bench.load_average(),
+      "hardware": common.hardware(), "load_average": common.load_average(),
       "devices": parallel.make_mesh().devices.size,
   }
 
 
 def markdown(report: dict[str, Any], top: int = 12) -> str:
-  fmt = bench._fmt  # pylint: disable=protected-access
+  fmt = report_lib._fmt  # pylint: disable=protected-access
   hw = report["hardware"]
   lines = [
       f"# Profile of the train step: {report['config']} (batch {report['batch_size']}, "
@@ -191,7 +194,7 @@ def markdown(report: dict[str, Any], top: int = 12) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="mnist_dim32", choices=sorted(bench.CONFIGS))
+  parser.add_argument("--config", default="mnist_dim32", choices=sorted(common.CONFIGS))
   parser.add_argument("--g_every", type=int, default=1)
   parser.add_argument("--seeds", default="1,3",
                       type=lambda s: [int(x) for x in s.split(",") if x])
@@ -199,7 +202,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None)
   parser.add_argument("--tiny", action="store_true", help="batch 8, width 2: a smoke test")
   args = parser.parse_args(argv)
-  out = args.out or os.path.join(bench.ROOT, "benchmarks", "results",
+  out = args.out or os.path.join(common.ROOT, "benchmarks", "results",
                                  f"profile_{args.config}{'_tiny' if args.tiny else ''}.json")
   report = profile(args)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

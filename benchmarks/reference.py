@@ -5,7 +5,7 @@
       [--settings=mnist_dim32:5,mnist_dim32:1,svhn_dim256:5,svhn_dim256:1] \
       [--out=benchmarks/results/reference.json]
 
-A setting is a benchmark config (benchmarks/run.py's CONFIGS; the authors' script knows
+A setting is a benchmark config (benchmarks/common.py's CONFIGS; the authors' script knows
 mnist_dim32 and svhn_dim256) and G's period (g_every). Each round times every setting twice: the
 authors' `TwoGAN.train_on_instance` (`torch_step_speed.py ARCH G_EVERY STEPS` in its own Python
 with torch; batch 64, random inputs, after a warm-up), then amr_jax's loop step (the jitted
@@ -28,9 +28,11 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from benchmarks import run as bench
+from benchmarks import common
+from benchmarks import report as report_lib
+from benchmarks import step as step_lib
 
-ROOT = bench.ROOT
+ROOT = common.ROOT
 DEFAULT_SETTINGS = ("mnist_dim32:5", "mnist_dim32:1", "svhn_dim256:5", "svhn_dim256:1")
 
 
@@ -38,9 +40,9 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
   settings = []
   for item in filter(None, text.split(",")):
     name, _, g_every = item.partition(":")
-    if name not in bench.CONFIGS or not g_every.isdigit() or int(g_every) < 1:
+    if name not in common.CONFIGS or not g_every.isdigit() or int(g_every) < 1:
       raise ValueError(f"bad setting {item!r}: expected CONFIG:G_EVERY with CONFIG in "
-                       f"{', '.join(bench.CONFIGS)}")
+                       f"{', '.join(common.CONFIGS)}")
     settings.append((name, int(g_every)))
   return settings
 
@@ -83,21 +85,19 @@ def _ours_child(name: str, g_every: int, steps: int, cache_dir: str, out: str,
                 tiny: bool) -> None:
   from amr_jax import xla_flags  # pylint: disable=g-import-not-at-top
   xla_flags.apply_defaults()  # as amr_jax.main does
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", bench.MIN_CACHED_COMPILE_S)
-  config = bench.make_config(name, tiny=tiny, light_eval=True)
+  common.use_compilation_cache(cache_dir)
+  config = common.make_config(name, tiny=tiny, light_eval=True)
   config.g_every = g_every
-  dataset = bench.make_dataset(name, config, tiny=tiny)
-  with bench.serve_dataset(dataset, synthetic=True):
-    step_bench = bench.StepBench(config, dataset)
+  dataset = common.make_dataset(name, config, tiny=tiny)
+  with common.serve_dataset(dataset, synthetic=True):
+    step_bench = step_lib.StepBench(config, dataset)
     step_bench.new_state()
     step_bench.compile()
-    windows = step_bench.time_windows(3, bench.round_to(steps, g_every))
+    windows = step_bench.time_windows(3, common.round_to(steps, g_every))
   rates = [w["images_per_s"] for w in windows]
   with open(out, "w") as f:
     json.dump({"images_per_s": statistics.median(rates), "window_images_per_s": rates,
-               "hardware": bench.hardware()}, f)
+               "hardware": common.hardware()}, f)
 
 
 def compare(settings: Sequence[tuple[str, int]], reference_dir: str, python: str, *,
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
   report.update(compare(settings, args.reference, args.reference_python, rounds=args.rounds,
                         steps=args.steps, timeout=args.timeout or None, tiny=args.tiny))
   summary = markdown(report)
-  bench.write_report(report, args.out, summary)
+  report_lib.write_report(report, args.out, summary)
   print(summary)
   return 0
 

@@ -66,6 +66,7 @@ def train(out, workdir, steps, coordinator=None, num_processes=1, process_id=0):
   config = tiny.get_config()
   config.num_train_steps = int(steps)
   config.num_seeds = int(os.environ.get("AMR_TEST_NUM_SEEDS", "1"))
+  config.evals.reconstruction = {"every": 0, "num_examples": 50}  # sharded, mapped over seeds
   state, summary = train_lib.train_and_evaluate(config, workdir)
   np.savez(out, **flatten(state))
   print("summary", summary, "devices", jax.device_count(), "processes", jax.process_count(),

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import run as bench
+from benchmarks import report as report_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("step_images_per_s", "loop_images_per_s", "loop_to_step_ratio", "flops_per_step",
@@ -60,4 +60,4 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
 def test_markdown_marks_a_failed_config():
   report = {"created": "now", "command": "python -m benchmarks.run", "tiny": True,
             "hardware": {}, "configs": {"dsprites": {"error": "boom"}}}
-  assert "| dsprites | error" in bench.markdown(report)
+  assert "| dsprites | error" in report_lib.markdown(report)

@@ -1,5 +1,6 @@
 """Data parallelism: 1 device vs 4, and two processes on loopback, on simulated CPU devices."""
 
+import json
 import os
 import socket
 import subprocess
@@ -115,5 +116,15 @@ def test_seeds_side_by_side_on_4_devices_equal_1_device(tmp_path):
   one, four = dict(np.load(tmp_path / "d1.npz")), dict(np.load(tmp_path / "d4.npz"))
   assert one[".step"].shape == (2,)
   tolerances.assert_close(four, one)
+  # The evaluators too: per seed, over the same examples, on 1 and 4 devices.
+  evals = {}
+  for devices in (1, 4):
+    with open(tmp_path / f"run{devices}" / "metrics.jsonl") as f:
+      evals[devices] = [json.loads(line) for line in f][-1]
+  np.testing.assert_allclose(evals[4]["valid_recon_l1_per_seed"],
+                             evals[1]["valid_recon_l1_per_seed"], rtol=1e-4)
+  # An accuracy may move by one example where a logit ties within float error.
+  np.testing.assert_allclose(evals[4]["valid_probe_acc_per_seed"],
+                             evals[1]["valid_probe_acc_per_seed"], atol=1.5 / 300)
   # Negative control: each seed against the other seed fails the same check.
   tolerances.assert_differs({k: v[::-1] for k, v in four.items()}, one)

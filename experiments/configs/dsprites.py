@@ -39,6 +39,9 @@ def get_config(arg: str | None = None):
   config.num_train_steps = 737_280 * 10 // 64  # about 10 epochs
   config.eval_every = 10_000
   config.checkpoint_every = 10_000
+  config.evals.disentanglement = {"every": 0, "num_votes": 800, "votes_batch": 800,
+                                  "beta_vae_train": 10_000, "beta_vae_eval": 5_000,
+                                  "beta_vae_batch": 64}
   if variant == "beta_vae":
     config.model = "beta_vae"
     config.kl_weight = 4.0
@@ -56,11 +59,8 @@ def get_config(arg: str | None = None):
       config.optim.probe_lr = 1e-3
       config.eval_every = config.checkpoint_every = 300
       config.log_every = 50
-      config.disentanglement.num_votes = 100
-      config.disentanglement.votes_batch = 64
-      config.disentanglement.beta_vae_train = 300
-      config.disentanglement.beta_vae_eval = 150
-      config.disentanglement.beta_vae_batch = 16
+      config.evals.disentanglement.update(num_votes=100, votes_batch=64, beta_vae_train=300,
+                                          beta_vae_eval=150, beta_vae_batch=16)
     elif option.startswith("k="):
       config.k = int(option[2:])
     else:

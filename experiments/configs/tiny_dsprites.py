@@ -13,9 +13,6 @@ def get_config(arg: str | None = None):
   config.num_pictures = 3
   config.data.num_valid = 64
   config.data.num_train = 256
-  config.disentanglement.num_votes = 10
-  config.disentanglement.votes_batch = 8
-  config.disentanglement.beta_vae_train = 20
-  config.disentanglement.beta_vae_eval = 10
-  config.disentanglement.beta_vae_batch = 4
+  config.evals.disentanglement.update(num_votes=10, votes_batch=8, beta_vae_train=20,
+                                      beta_vae_eval=10, beta_vae_batch=4)
   return config
