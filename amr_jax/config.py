@@ -50,6 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.gan_loss = "bce"
 
   config.batch_size = 64  # global batch, split over all devices of all hosts
+  # Training steps per jitted call (lax.scan): on accelerators, one dispatch per K steps instead
+  # of one per step. K > 1 must be a multiple of g_every and divide the logging, evaluation
+  # and checkpoint periods (those act between calls). The same steps either way (tested).
+  config.steps_per_call = 1
   config.num_train_steps = 100_000
   config.log_every = 100
   config.eval_every = 2_000
@@ -94,10 +98,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.num_valid = -1  # -1 = the dataset's default validation size
   config.data.num_train = -1  # -1 = all; else cap the training set (SVHN 1k/5k/... ablation)
   config.data.attributes = ()  # celeb_a: the binary attributes supervised AMR conditions on
+  # Where batches come from: 'device' places the training split on the devices once (sharded
+  # over them) and gathers each batch there; 'host' sends each batch; 'auto': 'device' on
+  # accelerators when the split is an in-memory array under a quarter of a device's memory.
+  config.data.placement = "auto"
   return config
 
 
 SEED_BATCHING = ("auto", "vmap", "unroll")
+PLACEMENTS = ("auto", "host", "device")
+# Datasets whose training images are made when indexed (not an in-memory array).
+RENDERED_DATASETS = ("dsprites", "celeb_a")
 
 # The fields that make an acai32 model the authors' PyTorch model (reference.md, networks.py).
 AUTHORS_MODEL = {
@@ -199,6 +210,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     _number(config, field, minimum=1, integer=True)
   _number(config, "num_pictures", minimum=2, integer=True)
   _number(config, "eval_batch_size", minimum=1, integer=True)
+  _number(config, "steps_per_call", minimum=1, integer=True)
 
   _one_of(config, "arch.name", networks.ARCHITECTURES)
   _number(config, "arch.width", minimum=1, integer=True)
@@ -238,6 +250,22 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "data.num_train", minimum=-1, integer=True)
   from amr_jax.evaluators import common as evaluators  # pylint: disable=g-import-not-at-top
   evaluators.validate(config)  # (it imports the evaluators' modules, which import this one)
+  _one_of(config, "data.placement", PLACEMENTS)
+  if config.data.placement == "device" and config.data.name in RENDERED_DATASETS:
+    _fail("data.placement", "device", f"'host' or 'auto' for data.name={config.data.name!r} "
+          "(its images are made when indexed, not held in memory)")
+  per_call = config.steps_per_call
+  if per_call > 1:
+    if per_call % config.g_every:
+      _fail("steps_per_call", per_call, f"1 or a multiple of g_every={config.g_every} (a call "
+            "runs whole cycles of G's update)")
+    periods = {f: _get(config, f) for f in ("log_every", "eval_every", "checkpoint_every")}
+    periods.update({f"evals.{name}.every": entry.every for name, entry in config.evals.items()
+                    if entry.get("every", 0)})
+    for field, value in periods.items():
+      if value % per_call:
+        _fail("steps_per_call", per_call, f"a divisor of config.{field}={value} (logging, "
+              "evaluation and checkpoints act between calls)")
 
   num_devices = jax.device_count() if num_devices is None else num_devices
   for field in ("batch_size", "eval_batch_size"):

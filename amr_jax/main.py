@@ -49,9 +49,12 @@ def main(argv):
     sys.exit(2)
   if jax.process_index() == 0:
     logging.info("done: %s", summary)
-    print(f"done: step {summary['step']}, best valid probe acc "
-          f"{summary['best_valid_probe_acc']:.4f} (step {summary['best_step']}), test probe acc "
-          f"there {summary['test_probe_acc_at_best']:.4f}")
+    line = f"done: step {summary['step']}"
+    if isinstance(summary.get("best_valid_probe_acc"), float):  # one seed, probe evaluated
+      line += (f", best valid probe acc {summary['best_valid_probe_acc']:.4f} (step "
+               f"{summary['best_step']}), test probe acc there "
+               f"{summary['test_probe_acc_at_best']:.4f}")
+    print(line)
 
 
 if __name__ == "__main__":

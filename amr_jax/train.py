@@ -27,6 +27,7 @@ from amr_jax import config as config_lib
 from amr_jax import data as data_lib
 from amr_jax import networks as networks_lib
 from amr_jax import parallel
+from amr_jax import stepper as stepper_lib
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
 from amr_jax.evaluators import common as evaluators
@@ -153,47 +154,65 @@ def _summarise(per_seed: dict[str, list]) -> dict[str, Any]:
   return out
 
 
-def make_jitted_state_and_steps(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
-                                 nets: networks_lib.Networks,
-                                 optimizers: train_state_lib.Optimizers, mesh: jax.sharding.Mesh
-                                 ) -> tuple[Callable, dict[bool, Callable]]:
-  """The loop's jitted functions: ``init_state()`` (replicated over ``mesh``) and the train step
-  ``steps[update_generator](state, batch)``, with ``config.num_seeds`` seeds side by side
-  (``config.seed_batching``) when more than one.
+def _seed_keys(seeds: list[int]) -> jax.Array:
+  """The seeds' keys, made inside jitted functions: every process computes the same ones and no
+  host-local array enters a multi-process computation."""
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds)) if len(seeds) > 1 else jax.random.key(
+      seeds[0])
 
-  There is one compiled step with the generator's update and one without, picked on the host,
-  so no ``lax.cond`` runs in the step (see ``train_step.make_train_step``); with g_every=1
-  only the first exists.
-  """
-  seeds = [config.seed + i for i in range(config.num_seeds)]
-  multi = len(seeds) > 1
+
+def _per_seed(config: ml_collections.ConfigDict) -> Callable[[Callable], Callable]:
+  """``fn`` over the seeds axis when several seeds train side by side."""
   batching = resolve_seed_batching(config.seed_batching)
+  return (lambda fn: over_seeds(fn, batching)) if config.num_seeds > 1 else (lambda fn: fn)
 
-  def per_seed(fn):
-    """``fn`` over the seeds axis when several seeds train side by side."""
-    return over_seeds(fn, batching) if multi else fn
 
-  # Keys are derived inside the jitted functions (from the seed and the state's step), so every
-  # process computes the same ones and no host-local array enters a multi-process computation.
-  def seed_keys():
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds)) if multi else jax.random.key(seeds[0])
-
-  init_state = jax.jit(lambda: per_seed(lambda rng: train_state_lib.create(
+def make_init_state(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
+                    nets: networks_lib.Networks, optimizers: train_state_lib.Optimizers,
+                    mesh: jax.sharding.Mesh) -> Callable[[], train_state_lib.TrainState]:
+  """Jitted ``init_state()``: the initial state of every seed (replicated over ``mesh``)."""
+  seeds = [config.seed + i for i in range(config.num_seeds)]
+  per_seed = _per_seed(config)
+  return jax.jit(lambda: per_seed(lambda rng: train_state_lib.create(
       nets, optimizers, jax.random.fold_in(rng, _INIT), dataset.train.images.shape[1:],
-      latent_shape(config), num_attributes(config, dataset)))(seed_keys()),
-                       out_shardings=parallel.replicated(mesh))
+      latent_shape(config), num_attributes(config, dataset)))(_seed_keys(seeds)),
+                 out_shardings=parallel.replicated(mesh))
+
+
+def make_seeded_step(config: ml_collections.ConfigDict, nets: networks_lib.Networks,
+                     optimizers: train_state_lib.Optimizers) -> stepper_lib.SeededStep:
+  """``seeded_step(state, batch, update_generator) -> (state, metrics)`` (not jitted): the
+  train step of every seed side by side (``config.seed_batching``), each with its key
+  ``fold_in(fold_in(seed, _TRAIN), state.step)``."""
+  seeds = [config.seed + i for i in range(config.num_seeds)]
+  per_seed = _per_seed(config)
   step_fn = train_step_lib.make_train_step(config, nets, optimizers)
 
   def seeded_step(s, batch, update_generator):
     return per_seed(lambda s1, b1, rng: step_fn(
         s1, b1, jax.random.fold_in(jax.random.fold_in(rng, _TRAIN), s1.step), update_generator))(
-            s, batch, seed_keys())
+            s, batch, _seed_keys(seeds))
 
+  return seeded_step
+
+
+def make_jitted_state_and_steps(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
+                                 nets: networks_lib.Networks,
+                                 optimizers: train_state_lib.Optimizers, mesh: jax.sharding.Mesh
+                                 ) -> tuple[Callable, dict[bool, Callable]]:
+  """``init_state()`` and the bare jitted step ``steps[update_generator](state, batch)``
+  (benchmarks and profiling time it; the loop runs steps through ``amr_jax.stepper``).
+
+  There is one compiled step with the generator's update and one without, picked on the host,
+  so no ``lax.cond`` runs in the step (see ``train_step.make_train_step``); with g_every=1
+  only the first exists.
+  """
+  seeded_step = make_seeded_step(config, nets, optimizers)
   steps = {flag: parallel.jit_data_parallel(
       functools.partial(seeded_step, update_generator=flag), mesh, batch_args=(1,), num_args=2,
-      donate_state=True, seeds_axis=multi) for flag in ((True,) if config.g_every == 1
-                                                        else (True, False))}
-  return init_state, steps
+      donate_state=True, seeds_axis=config.num_seeds > 1)
+           for flag in ((True,) if config.g_every == 1 else (True, False))}
+  return make_init_state(config, dataset, nets, optimizers, mesh), steps
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
@@ -211,29 +230,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(path + ".tmp", "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   os.replace(path + ".tmp", path)
-
-
-def make_batch_fn(config: ml_collections.ConfigDict, train: data_lib.Split,
-                  mesh: jax.sharding.Mesh) -> Callable[[int], dict[str, jax.Array]]:
-  """``batch_at(step)``: the global batch of ``step``, this process supplying its own rows;
-  each seed has its own batch order (a leading seeds axis when several train side by side)."""
-  seeds = [config.seed + i for i in range(config.num_seeds)]
-  rows = parallel.local_rows(config.batch_size)
-
-  def one_seed(seed: int, step: int) -> dict[str, np.ndarray]:
-    idx = data_lib.batch_indices(seed, step, len(train.labels), config.batch_size)[rows]
-    batch = {"image": train.images[idx], "label": train.labels[idx]}
-    if config.supervised.enabled:
-      batch["attributes"] = train.attributes[idx]
-    return batch
-
-  def batch_at(step: int) -> dict[str, jax.Array]:
-    batches = [one_seed(seed, step) for seed in seeds]
-    local = batches[0] if len(seeds) == 1 else {
-        k: np.stack([b[k] for b in batches]) for k in batches[0]}
-    return parallel.global_batch(mesh, local, seeds_axis=len(seeds) > 1)
-
-  return batch_at
 
 
 def make_evaluator_context(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
@@ -267,14 +263,17 @@ class _MetricsLog:
   checkpoints, which need the state anyway, read everything.
   """
 
-  def __init__(self, start_step: int, multi_seed: bool):
-    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
-    self._in_flight: list[tuple[int, dict[str, jax.Array]]] = []  # the last window, on its way
+  def __init__(self, start_step: int, multi_seed: bool,
+               unstack: Callable[[int, Any], list[dict[str, np.ndarray]]]):
+    self._pending: list[tuple[int, int, Any]] = []  # (last step, steps, the call's metrics)
+    self._in_flight: list[tuple[int, int, Any]] = []  # the last window, on its way
     self._last_read = (time.time(), start_step)
     self._multi = multi_seed
+    self._unstack = unstack
 
-  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
-    self._pending.append((step, metrics))
+  def add(self, step: int, num_steps: int, metrics: Any) -> None:
+    """A call's metrics (``num_steps`` steps ending at ``step``), still on the device."""
+    self._pending.append((step, num_steps, metrics))
 
   def read(self, everything: bool) -> Iterator[tuple[int, dict[str, Any]]]:
     """(last step, record) of each window ready to read: the one in flight, and with
@@ -285,7 +284,7 @@ class _MetricsLog:
       windows.append(self._pending)
       self._in_flight = []
     else:
-      for _, m in self._pending:
+      for _, _, m in self._pending:
         jax.tree.map(lambda a: a.copy_to_host_async(), m)
       self._in_flight = self._pending
     self._pending = []
@@ -293,7 +292,8 @@ class _MetricsLog:
 
   def _record(self, window) -> tuple[int, dict[str, Any]]:
     """Means of a window's metrics (and over the seeds)."""
-    history = [(s, parallel.to_host(m)) for s, m in window]
+    history = [(end - n + 1 + i, m) for end, n, call in window
+               for i, m in enumerate(self._unstack(n, parallel.to_host(call)))]
     bad = _first_non_finite(history)
     if bad is not None:
       raise NonFiniteLossError(bad)
@@ -341,15 +341,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   dataset = load_dataset(config)
   nets = build_networks(config, dataset)
   mesh = parallel.make_mesh()
-  init_state, steps = make_jitted_state_and_steps(
-      config, dataset, nets, train_state_lib.make_optimizers(config.optim), mesh)
-  step_variant = lambda step: steps[step % config.g_every == 0]
+  optimizers = train_state_lib.make_optimizers(config.optim)
+  init_state = make_init_state(config, dataset, nets, optimizers, mesh)
+  stepper = stepper_lib.make_stepper(
+      config, dataset.train, make_seeded_step(config, nets, optimizers), mesh,
+      stepper_lib.resolve_placement(config.data.placement, dataset.train))
   # The state's shapes and shardings (a trace, nothing compiled or run): enough to restore a
   # checkpoint into (a resumed run never builds the initial state) and to compile the step.
   state_spec = parallel.with_sharding(jax.eval_shape(init_state), parallel.replicated(mesh))
   evals = evaluators.build(make_evaluator_context(config, dataset, nets, mesh))
   bad_parts = make_finite_check(mesh)
-  batch_at = make_batch_fn(config, dataset.train, mesh)
   if is_main:
     write_config(config, workdir)
 
@@ -363,26 +364,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     if is_main:
       print(f"resuming from the checkpoint at step {step} in {workdir}", flush=True)
 
+  plan = stepper.plan(step, config.num_train_steps)  # the calls: (first step, steps)
+
   def compile_first_step():
-    if step < config.num_train_steps:  # (a finished run, resumed, trains no step)
-      step_variant(step).lower(state_spec, batch_at(step)).compile()
+    if plan:  # (a finished run, resumed, trains no step)
+      stepper.compile(state_spec, *plan[0])
 
   # Only a fresh run builds (compiles and runs) the initial state.
   state = build_while_compiling(compile_first_step,
                                 init_state if restored is None else lambda: restored[1])
 
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=step)
-  log = _MetricsLog(step, multi_seed=config.num_seeds > 1)
+  log = _MetricsLog(step, config.num_seeds > 1, stepper.unstack)
   progress = tqdm.tqdm(total=config.num_train_steps, initial=step, disable=not is_main,
                        dynamic_ncols=True, desc="train")
   try:
     with _Preemption() as preemption, data_lib.Prefetcher(
-        batch_at, step, config.num_train_steps) as batches:
-      while step < config.num_train_steps:
-        state, metrics = step_variant(step)(state, batches.next())
-        step += 1
-        log.add(step, metrics)
-        progress.update(1)
+        lambda i: stepper.inputs(*plan[i]), 0, len(plan)) as inputs:
+      for first, n in plan:  # evaluations, checkpoints and SIGTERM act between calls
+        state, metrics = stepper.run(state, first, n, inputs.next())
+        step = first + n
+        log.add(step, n, metrics)
+        progress.update(n)
         is_last = step == config.num_train_steps
         preempted = preemption.requested  # read once: a SIGTERM may land at any moment
         checkpoint_now = step % config.checkpoint_every == 0 or is_last or preempted

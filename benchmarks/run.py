@@ -12,7 +12,8 @@ to its first finished step with the cache warm. The parent process never touches
 (an accelerator would be held twice). See benchmarks/README.md for what each number means.
 
 Each measurement has its own module: ``common`` (configs, data, the machine), ``step`` (the bare
-step), ``loop`` (the full loop), ``roofline``, ``first_step`` and ``report`` (JSON + Markdown);
+step), ``loop`` (the full loop), ``steps_per_call`` (K steps per call), ``roofline``, ``first_step``
+and ``report`` (JSON + Markdown);
 this one is the driver: the flags, the child processes and the report.
 """
 
@@ -36,6 +37,7 @@ from benchmarks import reference
 from benchmarks import report as report_lib
 from benchmarks import roofline as roofline_lib
 from benchmarks import step as step_lib
+from benchmarks import steps_per_call as steps_per_call_lib
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,6 +112,11 @@ def measure(name: str, args) -> dict[str, Any]:
     windows += bench.time_windows(2, window)
     bench.state = None
     phase("step")
+    if args.steps_per_call:
+      ks = [int(k) for k in args.steps_per_call.split(",")]
+      result["steps_per_call"] = steps_per_call_lib.measure(
+          config, dataset, [k for k in ks if k == 1 or k % g == 0], steps=window)
+      phase("steps_per_call")
 
   rates = [w["images_per_s"] for w in windows]
   result["step_images_per_s"] = statistics.median(rates)
@@ -172,7 +179,8 @@ def measure(name: str, args) -> dict[str, Any]:
 def _child(mode: str, name: str, args, cache_dir: str, out_path: str) -> dict[str, Any]:
   cmd = [sys.executable, "-m", "benchmarks.run", f"--_child={mode}", f"--_name={name}",
          f"--_cache_dir={cache_dir}", f"--_result={out_path}", f"--steps={args.steps}",
-         f"--eval={args.eval}", f"--_launch_time={time.time()!r}"]
+         f"--eval={args.eval}", f"--steps_per_call={args.steps_per_call}",
+         f"--_launch_time={time.time()!r}"]
   cmd += ["--tiny"] * args.tiny + ["--bf16"] * args.bf16
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
   proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True,
@@ -245,6 +253,9 @@ def parse_args(argv=None):
                       help="persistent compilation cache to use instead of a fresh temporary "
                            "one (then compile_s_cold is only cold if the cache is empty; for "
                            "quick smoke tests)")
+  parser.add_argument("--steps_per_call", default="1,10,100",
+                      help="comma-separated K (config.steps_per_call) to time the loop's calls "
+                      "at; K > 1 not a multiple of a config's g_every is skipped; '' = none")
   parser.add_argument("--reference", default="",
                       help="the authors' code's folder (../shared/reference): also time their "
                            "training iteration against ours, interleaved (benchmarks/reference.py)")

@@ -67,20 +67,22 @@ def _mean_std(values) -> tuple[float, float]:
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def run_row(module, row: str, seeds: int, workdir: str, overrides: list[str],
-            report: list[str]) -> dict:
+class RowPreempted(RuntimeError):
+  """A row's training stopped early (SIGTERM): its workdir holds a checkpoint to resume."""
+
+
+def run_config(config, row: str, workdir: str, report: list[str] = (),
+               paper: tuple[float, float] | None = None) -> dict:
+  """Trains ``config`` (its seeds side by side) in ``workdir`` and returns the row's results."""
   from amr_jax import train  # pylint: disable=g-import-not-at-top
-  config = module.get_config(row)
-  for assignment in overrides:
-    _override(config, assignment)
-  config.num_seeds = seeds
   start = time.time()
   _, summary = train.train_and_evaluate(config, workdir)
   wall = time.time() - start
-  if summary["step"] < config.num_train_steps:  # pre-empted (SIGTERM): the row is unfinished
-    raise SystemExit(f"row {row!r} stopped at step {summary['step']} of "
-                     f"{config.num_train_steps} (pre-empted); run the same command to resume")
+  if summary["step"] < config.num_train_steps:
+    raise RowPreempted(f"row {row!r} stopped at step {summary['step']} of "
+                       f"{config.num_train_steps}")
   per_seed = lambda name: (summary.get(f"{name}_per_seed") or [summary[name]])
+  seeds = config.num_seeds
   result = {
       "row": row, "model": config.model, "mixer": config.mixer, "k": config.k,
       "lamb": config.lamb, "dataset": config.data.name, "steps": summary["step"],
@@ -94,9 +96,21 @@ def run_row(module, row: str, seeds: int, workdir: str, overrides: list[str],
   for name in report:
     last = evaluations[-1]
     result[name] = last.get(f"{name}_per_seed") or [last[name]]
-  paper = getattr(module, "paper_number", lambda _: None)(row)
   result["paper"] = list(paper) if paper else None
   return result
+
+
+def run_row(module, row: str, seeds: int, workdir: str, overrides: list[str],
+            report: list[str]) -> dict:
+  config = module.get_config(row)
+  for assignment in overrides:
+    _override(config, assignment)
+  config.num_seeds = seeds
+  try:
+    return run_config(config, row, workdir, report,
+                      getattr(module, "paper_number", lambda _: None)(row))
+  except RowPreempted as e:  # pre-empted (SIGTERM): the row is unfinished
+    raise SystemExit(f"{e} (pre-empted); run the same command to resume") from None
 
 
 def write_tables(results: list[dict], out: str, report: list[str], hardware: str,

@@ -67,6 +67,8 @@ def train(out, workdir, steps, coordinator=None, num_processes=1, process_id=0):
   config.num_train_steps = int(steps)
   config.num_seeds = int(os.environ.get("AMR_TEST_NUM_SEEDS", "1"))
   config.evals.reconstruction = {"every": 0, "num_examples": 50}  # sharded, mapped over seeds
+  config.steps_per_call = int(os.environ.get("AMR_TEST_STEPS_PER_CALL", "1"))
+  config.data.placement = os.environ.get("AMR_TEST_PLACEMENT", "host")
   state, summary = train_lib.train_and_evaluate(config, workdir)
   np.savez(out, **flatten(state))
   print("summary", summary, "devices", jax.device_count(), "processes", jax.process_count(),

@@ -30,7 +30,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
       [sys.executable, "-m", "benchmarks.run", "--tiny", "--configs=mnist_dim32", "--steps=10",
        "--first_step_runs=1", f"--cache_dir={cache}", f"--out={out}",
        f"--reference={reference}", f"--reference_python={sys.executable}",
-       "--reference_rounds=1"],
+       "--reference_rounds=1", "--steps_per_call=1,3,5"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   report = json.loads(out.read_text())
@@ -53,6 +53,11 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
   ours = row["vs_reference"]["mnist_dim32:5"]["images_per_s"]
   assert ours > 0 and row["speedup_vs_reference"] == ours / 1e6
   assert "| mnist_dim32, G every 1 | 1e+06 |" in summary
+  # The loop's calls at K steps per call (K=3 is not a multiple of g_every=5: skipped).
+  by_k = row["steps_per_call"]["by_k"]
+  assert sorted(by_k, key=int) == ["1", "5"] and all(v["images_per_s"] > 0 for v in by_k.values())
+  assert row["steps_per_call"]["placement"] == "device"
+  assert "| mnist_dim32 | device |" in summary
   # The children ran with amr_jax's default XLA flags (amr_jax.xla_flags).
   assert "ynn_fusion_type" in report["hardware"]["xla_flags"]
 

@@ -1,0 +1,55 @@
+"""Images/s of the training loop's own calls (``amr_jax.stepper``) at K steps per jitted call
+(``config.steps_per_call``), with the training split on the device where it is an in-memory
+array (``config.data.placement='device'``; dSprites renders its images on the host).
+
+Each K trains about the same number of steps (``steps``, rounded to whole calls) after a warm-up
+call that compiles it; the calls' inputs come through the loop's prefetcher, as in training.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+
+def measure(config, dataset, ks: Sequence[int], steps: int) -> dict[str, Any]:
+  """``{"placement": ..., "by_k": {K: {"images_per_s", "compile_s", "calls"}}}``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from amr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from amr_jax import stepper as stepper_lib  # pylint: disable=g-import-not-at-top
+  from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
+
+  placement = "device" if isinstance(dataset.train.images, np.ndarray) else "host"
+  nets = train_lib.build_networks(config, dataset)
+  optimizers = train_state_lib.make_optimizers(config.optim)
+  mesh = parallel.make_mesh()
+  seeded_step = train_lib.make_seeded_step(config, nets, optimizers)
+  init_state = train_lib.make_init_state(config, dataset, nets, optimizers, mesh)
+  by_k = {}
+  for k in ks:
+    config_k = config.copy_and_resolve_references()
+    config_k.steps_per_call = k
+    stepper = stepper_lib.make_stepper(config_k, dataset.train, seeded_step, mesh, placement)
+    calls = max(1, round(steps / k))
+    plan = stepper.plan(0, (calls + 1) * k)
+    state = init_state()
+    t0 = time.perf_counter()
+    stepper.compile(parallel.with_sharding(jax.eval_shape(init_state),
+                                           parallel.replicated(mesh)), *plan[0])
+    compile_s = time.perf_counter() - t0
+    with data_lib.Prefetcher(lambda i: stepper.inputs(*plan[i]), 0, len(plan)) as inputs:
+      state, metrics = stepper.run(state, *plan[0], inputs.next())  # warm-up
+      jax.block_until_ready((state, metrics))
+      t0 = time.perf_counter()
+      for first, n in plan[1:]:
+        state, metrics = stepper.run(state, first, n, inputs.next())
+      jax.block_until_ready((state, metrics))
+      seconds = time.perf_counter() - t0
+    by_k[k] = {"images_per_s": calls * k * config.batch_size * config.num_seeds / seconds,
+               "compile_s": compile_s, "calls": calls}
+    del state, metrics
+  return {"placement": placement, "by_k": by_k}

@@ -1,0 +1,106 @@
+"""Steps per call and device-resident data (amr_jax/stepper.py): K steps in one jitted call, and
+batches gathered on the device, end equal to the plain one-step, host-fed loop."""
+
+import json
+
+import numpy as np
+import pytest
+
+from amr_jax import config as config_lib
+from amr_jax import data as data_lib
+from amr_jax import parallel
+from amr_jax import stepper
+from amr_jax import train
+from experiments.configs import tiny
+from experiments.configs import tiny_dsprites
+from tests import tolerances
+
+
+def run(tmp_path, name, steps=4, **fields):
+  config = tiny.get_config()  # g_every 2
+  config.num_train_steps = steps
+  config.log_every = config.eval_every = config.checkpoint_every = 4
+  for field, value in fields.items():
+    config_lib.set_field(config, field.replace("__", "."), value)
+  state, _ = train.train_and_evaluate(config, str(tmp_path / name))
+  with open(tmp_path / name / "metrics.jsonl") as f:
+    records = {r["step"]: r for r in map(json.loads, f)}
+  return tolerances.flatten(state), records
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_k_steps_per_call_and_device_data_equal_the_plain_loop(tmp_path, num_seeds):
+  plain, plain_log = run(tmp_path, "plain", num_seeds=num_seeds, steps_per_call=1,
+                         data__placement="host")
+  for name, k, placement in (("k2", 2, "host"), ("k4_device", 4, "device"),
+                             ("k1_device", 1, "device")):
+    state, log = run(tmp_path, name, num_seeds=num_seeds, steps_per_call=k,
+                     data__placement=placement)
+    tolerances.assert_close(state, plain)
+    for metric in ("d_loss", "g_loss", "recon", "probe_loss"):  # window means over 4 steps
+      np.testing.assert_allclose(log[4][metric], plain_log[4][metric], rtol=1e-4)
+  # Negative control: one more step fails the same check.
+  more, _ = run(tmp_path, "more", steps=5, num_seeds=num_seeds, steps_per_call=1)
+  tolerances.assert_differs(more, plain)
+
+
+@pytest.mark.equivalence
+def test_a_run_resumed_with_another_k_continues_the_same_steps(tmp_path):
+  """4 steps at K=2 (checkpoints at 2 and 4), then to 10 at K=4: calls (4, 4), (8, 1), (9, 1)."""
+  straight, _ = run(tmp_path, "straight", steps=10, steps_per_call=1)
+  run(tmp_path, "resumed", steps=4, steps_per_call=2, checkpoint_every=2)
+  resumed, _ = run(tmp_path, "resumed", steps=10, steps_per_call=4)
+  tolerances.assert_close(resumed, straight)
+
+
+def test_plan_runs_whole_calls_where_aligned_and_single_steps_elsewhere():
+  config = tiny.get_config()
+  config.steps_per_call = 4
+  dataset = train.load_dataset(config)
+  plan = stepper.make_stepper(config, dataset.train, None, parallel.make_mesh(), "host").plan
+  assert plan(3, 14) == [(3, 1), (4, 4), (8, 4), (12, 1), (13, 1)]
+  assert plan(0, 8) == [(0, 4), (4, 4)]
+  assert plan(8, 8) == []
+
+
+def test_device_batches_are_the_host_batches():
+  config = tiny.get_config()
+  config.num_seeds = 2
+  dataset = train.load_dataset(config)
+  mesh = parallel.make_mesh()
+  gathered = []
+  for placement in ("host", "device"):
+    steps = stepper.make_stepper(config, dataset.train, lambda s, b, flag: (s, b), mesh,
+                                 placement)
+    _, batches = steps.run({}, 6, 2, steps.inputs(6, 2))  # the "step" returns its batch
+    gathered.append(steps.unstack(2, parallel.to_host(batches)))
+  for step, (host, device) in enumerate(zip(*gathered), start=6):
+    assert host["image"].shape == (2, 8, 32, 32, 1)  # (seeds, batch, ...)
+    for i, seed in enumerate((0, 1)):
+      idx = data_lib.batch_indices(seed, step, len(dataset.train.labels), 8)
+      np.testing.assert_array_equal(host["label"][i], dataset.train.labels[idx])
+    for name in ("image", "label"):
+      np.testing.assert_array_equal(device[name], host[name])
+
+
+def test_steps_per_call_and_placement_are_validated_in_one_line():
+  def error(edit, get=tiny.get_config):
+    config = get()
+    edit(config)
+    with pytest.raises(config_lib.ConfigError) as e:
+      config_lib.validate(config, check_data=False)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+  assert "config.steps_per_call=3 is not allowed; allowed: 1 or a multiple of g_every=2" in \
+      error(lambda c: setattr(c, "steps_per_call", 3))
+  assert "a divisor of config.log_every=2" in error(lambda c: setattr(c, "steps_per_call", 4))
+  assert "a divisor of config.evals.probe.every=6" in error(
+      lambda c: (setattr(c, "steps_per_call", 4), c.update(log_every=4, eval_every=4,
+                                                            checkpoint_every=4),
+                 setattr(c.evals.probe, "every", 6)))
+  assert "config.steps_per_call=0" in error(lambda c: setattr(c, "steps_per_call", 0))
+  assert "config.data.placement='gpu'" in error(lambda c: setattr(c.data, "placement", "gpu"))
+  assert "'host' or 'auto' for data.name='dsprites'" in error(
+      lambda c: setattr(c.data, "placement", "device"), get=tiny_dsprites.get_config)
