@@ -54,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   # of one per step. K > 1 must be a multiple of g_every and divide the logging, evaluation
   # and checkpoint periods (those act between calls). The same steps either way (tested).
   config.steps_per_call = 1
+  # How a call runs its K steps: 'scan' (lax.scan: one compiled step), 'unroll' (K copies of the
+  # step in the call: XLA:CPU ran the step ~35x slower inside a while loop), 'auto' (unroll on
+  # CPU, else scan).
+  config.steps_per_call_loop = "auto"
   config.num_train_steps = 100_000
   config.log_every = 100
   config.eval_every = 2_000
@@ -211,6 +215,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "num_pictures", minimum=2, integer=True)
   _number(config, "eval_batch_size", minimum=1, integer=True)
   _number(config, "steps_per_call", minimum=1, integer=True)
+  _one_of(config, "steps_per_call_loop", ("auto", "scan", "unroll"))
 
   _one_of(config, "arch.name", networks.ARCHITECTURES)
   _number(config, "arch.width", minimum=1, integer=True)

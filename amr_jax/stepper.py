@@ -8,7 +8,8 @@ equal to K single steps, and device-gathered batches equal host-fed ones (tested
 
 A call of K steps covers whole ``g_every`` cycles (K is a multiple of g_every): the scan's body is
 one cycle, G's step followed by a scan over the g_every - 1 steps without G's update, so no
-``lax.cond`` runs (XLA:CPU ran it 3x slower; see ``train_step.make_train_step``). Steps not
+``lax.cond`` runs (XLA:CPU ran it 3x slower; see ``train_step.make_train_step``). On XLA:CPU the
+steps are unrolled instead (``config.steps_per_call_loop``; see :func:`resolve_loop`). Steps not
 aligned to K (a run resumed from another K's checkpoint, or a last partial call) run one per call.
 """
 
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -43,6 +45,16 @@ def resolve_placement(placement: str, train: data_lib.Split) -> str:
   size = train.images.nbytes + train.labels.nbytes + (
       0 if train.attributes is None else train.attributes.nbytes)
   return "device" if limit and size < limit // 4 else "host"
+
+
+def resolve_loop(mode: str) -> str:
+  """'auto' -> 'unroll' on CPU, else 'scan'. Measured on XLA:CPU (jax 0.10.2, mnist dim 32,
+  batch 64, G every step, 2 vCPUs): the train step inside any XLA while loop (``lax.scan``,
+  ``fori_loop``) ran at 12.6-14.0 s per step, against 0.37 s for the same two steps one after
+  the other in the traced program; an unrolled call compiles K times the step's code."""
+  if mode == "auto":
+    return "unroll" if jax.default_backend() == "cpu" else "scan"
+  return mode
 
 
 @dataclasses.dataclass
@@ -71,6 +83,7 @@ def make_stepper(config: ml_collections.ConfigDict, train: data_lib.Split,
   seeds = [config.seed + i for i in range(config.num_seeds)]
   multi = len(seeds) > 1
   g_every, per_call = config.g_every, config.steps_per_call
+  loop = resolve_loop(config.steps_per_call_loop)
   num_examples = len(train.labels)
   fields = ["image", "label"] + (["attributes"] if config.supervised.enabled else [])
   rows = parallel.local_rows(config.batch_size)
@@ -143,16 +156,27 @@ def make_stepper(config: ml_collections.ConfigDict, train: data_lib.Split,
       state, metrics = step_of(state, jax.tree.map(lambda a: a[0], xs), g_first)
       return state, jax.tree.map(lambda a: a[None], metrics)
     if g_every == 1:
-      return jax.lax.scan(lambda s, x: step_of(s, x, True), state, xs)
+      return scan(lambda s, x: step_of(s, x, True), state, xs)
     cycles = jax.tree.map(lambda a: a.reshape((n // g_every, g_every) + a.shape[1:]), xs)
 
     def cycle(s, x):
       s, with_g = step_of(s, jax.tree.map(lambda a: a[0], x), True)
-      s, without_g = jax.lax.scan(lambda s2, x2: step_of(s2, x2, False), s,
-                                  jax.tree.map(lambda a: a[1:], x))
+      s, without_g = scan(lambda s2, x2: step_of(s2, x2, False), s,
+                          jax.tree.map(lambda a: a[1:], x))
       return s, (with_g, without_g)
 
-    return jax.lax.scan(cycle, state, cycles)
+    return scan(cycle, state, cycles)
+
+  def scan(body, carry, xs):
+    """``lax.scan``, or with loop='unroll' the same steps one after the other in the traced
+    program (outputs stacked the same way)."""
+    if loop == "scan":
+      return jax.lax.scan(body, carry, xs)
+    outs = []
+    for i in range(jax.tree.leaves(xs)[0].shape[0]):
+      carry, out = body(carry, jax.tree.map(lambda a, i=i: a[i], xs))
+      outs.append(out)
+    return carry, jax.tree.map(lambda *o: jnp.stack(o), *outs)
 
   input_sharding = parallel.replicated(mesh) if placement == "device" else stacked_sharding
   jitted = {}

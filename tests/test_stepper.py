@@ -33,10 +33,11 @@ def run(tmp_path, name, steps=4, **fields):
 def test_k_steps_per_call_and_device_data_equal_the_plain_loop(tmp_path, num_seeds):
   plain, plain_log = run(tmp_path, "plain", num_seeds=num_seeds, steps_per_call=1,
                          data__placement="host")
-  for name, k, placement in (("k2", 2, "host"), ("k4_device", 4, "device"),
-                             ("k1_device", 1, "device")):
+  # The K steps of a call as a lax.scan and unrolled (XLA:CPU's default: see stepper.py).
+  for name, k, placement, loop in (("k2", 2, "host", "unroll"), ("k4_device", 4, "device", "scan"),
+                                   ("k1_device", 1, "device", "auto")):
     state, log = run(tmp_path, name, num_seeds=num_seeds, steps_per_call=k,
-                     data__placement=placement)
+                     data__placement=placement, steps_per_call_loop=loop)
     tolerances.assert_close(state, plain)
     for metric in ("d_loss", "g_loss", "recon", "probe_loss"):  # window means over 4 steps
       np.testing.assert_allclose(log[4][metric], plain_log[4][metric], rtol=1e-4)
@@ -101,6 +102,8 @@ def test_steps_per_call_and_placement_are_validated_in_one_line():
                                                             checkpoint_every=4),
                  setattr(c.evals.probe, "every", 6)))
   assert "config.steps_per_call=0" in error(lambda c: setattr(c, "steps_per_call", 0))
+  assert "config.steps_per_call_loop='while'" in error(
+      lambda c: setattr(c, "steps_per_call_loop", "while"))
   assert "config.data.placement='gpu'" in error(lambda c: setattr(c.data, "placement", "gpu"))
   assert "'host' or 'auto' for data.name='dsprites'" in error(
       lambda c: setattr(c.data, "placement", "device"), get=tiny_dsprites.get_config)

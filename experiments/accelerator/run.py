@@ -1,7 +1,7 @@
 r"""Table 1's MNIST rows on one accelerator, within a time limit, in one command.
 
   python -m experiments.accelerator.run --time_limit=540 --workdir=/tmp/amr_accel \
-      --out=experiments/accelerator/results/table1_mnist --manual_dir=shared/data/mnist
+      --out=experiments/accelerator/results/table1_mnist --manual_dir=../shared/data/mnist
 
 1. Measures the training speed (images/s) of the mixup row with ``--seeds`` seeds side by side,
    the training split on the device and K = ``--steps_per_call`` steps per jitted call.
@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--out", default="experiments/accelerator/results/table1_mnist")
   parser.add_argument("--manual_dir", default="",
                       help="MNIST's original files (config.data.manual_dir)")
+  parser.add_argument("--data_dir", default="",
+                      help="TFDS data directory holding a prepared MNIST (config.data.data_dir)")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--steps_per_call", type=int, default=125,
                       help="K; Table 1's 78,125 steps are 625 calls of 125")
@@ -58,6 +60,7 @@ def row_config(row: str, args: argparse.Namespace):
   config = mnist.get_config(row)
   config.num_seeds = args.seeds
   config.data.manual_dir = args.manual_dir
+  config.data.data_dir = args.data_dir
   config.data.placement = "device"
   k = config.steps_per_call = args.steps_per_call
   if args.smoke:
