@@ -26,3 +26,21 @@ def mock_tfds(monkeypatch):
   monkeypatch.setattr(base.BaseDataSource, "__getitems__",
                       lambda self, keys: [self[k] for k in keys])
   return lambda n: tfds.testing.mock_data(num_examples=n)
+
+
+@pytest.fixture
+def config_error():
+  """``config_error(edit, get=tiny.get_config)``: the message of the ConfigError that
+  ``config.validate`` raises for ``get()`` changed by ``edit(config)``, checked to be one line."""
+  from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
+
+  def error(edit, get=tiny.get_config) -> str:
+    config = get()
+    edit(config)
+    with pytest.raises(config_lib.ConfigError) as e:
+      config_lib.validate(config, check_data=False)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+  return error

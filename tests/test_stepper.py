@@ -85,15 +85,8 @@ def test_device_batches_are_the_host_batches():
       np.testing.assert_array_equal(device[name], host[name])
 
 
-def test_steps_per_call_and_placement_are_validated_in_one_line():
-  def error(edit, get=tiny.get_config):
-    config = get()
-    edit(config)
-    with pytest.raises(config_lib.ConfigError) as e:
-      config_lib.validate(config, check_data=False)
-    assert "\n" not in str(e.value)
-    return str(e.value)
-
+def test_steps_per_call_and_placement_are_validated_in_one_line(config_error):
+  error = config_error
   assert "config.steps_per_call=3 is not allowed; allowed: 1 or a multiple of g_every=2" in \
       error(lambda c: setattr(c, "steps_per_call", 3))
   assert "a divisor of config.log_every=2" in error(lambda c: setattr(c, "steps_per_call", 4))
