@@ -70,7 +70,7 @@ def markdown(report: dict[str, Any]) -> str:
                  + "; ".join(kinds) + ".")]
   per_call = {n: r["steps_per_call"] for n, r in ok.items() if r.get("steps_per_call")}
   if per_call:
-    ks = sorted({int(k) for v in per_call.values() for k in v["by_k"]})
+    ks = sorted({int(k) for v in per_call.values() for k in [*v["by_k"], *v.get("skipped", {})]})
     lines += ["", "Steps per jitted call (`config.steps_per_call` = K; the loop's own calls, "
               "training split on the device where it is in memory), img/s:", "",
               "| config | placement | " + " | ".join(f"K={k}" for k in ks) + " |",
@@ -79,6 +79,10 @@ def markdown(report: dict[str, Any]) -> str:
       by_k = {int(k): r for k, r in v["by_k"].items()}
       lines.append(f"| {name} | {v['placement']} | " + " | ".join(
           _fmt(by_k[k]["images_per_s"]) if k in by_k else "-" for k in ks) + " |")
+    skipped = {k: why for v in per_call.values() for k, why in v.get("skipped", {}).items()}
+    if skipped:
+      lines += ["", f"K = {', '.join(map(str, sorted(skipped, key=int)))}: "
+                f"{next(iter(skipped.values()))}."]
   compared = {k: v for r in ok.values() for k, v in r.get("vs_reference", {}).items()}
   if compared:
     lines += ["", "Against the authors' PyTorch training iteration (benchmarks/reference.py; "

@@ -113,9 +113,11 @@ def measure(name: str, args) -> dict[str, Any]:
     bench.state = None
     phase("step")
     if args.steps_per_call:
-      ks = [int(k) for k in args.steps_per_call.split(",")]
+      ks = [k for k in map(int, args.steps_per_call.split(",")) if k == 1 or k % g == 0]
       result["steps_per_call"] = steps_per_call_lib.measure(
-          config, dataset, [k for k in ks if k == 1 or k % g == 0], steps=window)
+          config, dataset, [k for k in ks if k <= steps_per_call_lib.max_k()], steps=window)
+      result["steps_per_call"]["skipped"] = {
+          k: steps_per_call_lib.SKIPPED for k in ks if k > steps_per_call_lib.max_k()}
       phase("steps_per_call")
 
   rates = [w["images_per_s"] for w in windows]

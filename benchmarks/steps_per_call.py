@@ -12,6 +12,18 @@ import time
 from typing import Any, Sequence
 
 
+# On XLA:CPU a call's K steps are unrolled (amr_jax.stepper.resolve_loop): a call compiles K copies
+# of the step, so large K are not timed there.
+SKIPPED = ("XLA:CPU: a call's steps are unrolled (the step ran ~35x slower in a scan), so K "
+           "copies of the step would compile; not timed on CPU")
+
+
+def max_k() -> int:
+  """The largest K timed on this backend."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return 10 if jax.default_backend() == "cpu" else 1_000_000
+
+
 def measure(config, dataset, ks: Sequence[int], steps: int) -> dict[str, Any]:
   """``{"placement": ..., "by_k": {K: {"images_per_s", "compile_s", "calls"}}}``."""
   import jax  # pylint: disable=g-import-not-at-top
