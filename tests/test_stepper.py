@@ -29,8 +29,9 @@ def run(tmp_path, name, steps=4, **fields):
 
 
 @pytest.mark.equivalence
-@pytest.mark.parametrize("num_seeds", [1, 2])
-def test_k_steps_per_call_and_device_data_equal_the_plain_loop(tmp_path, num_seeds):
+def test_k_steps_per_call_and_device_data_equal_the_plain_loop(tmp_path):
+  """2 seeds side by side (one seed: the resumed run below and tests/test_parallel.py)."""
+  num_seeds = 2
   plain, plain_log = run(tmp_path, "plain", num_seeds=num_seeds, steps_per_call=1,
                          data__placement="host")
   # The K steps of a call as a lax.scan and unrolled (XLA:CPU's default: see stepper.py).
@@ -48,10 +49,11 @@ def test_k_steps_per_call_and_device_data_equal_the_plain_loop(tmp_path, num_see
 
 @pytest.mark.equivalence
 def test_a_run_resumed_with_another_k_continues_the_same_steps(tmp_path):
-  """4 steps at K=2 (checkpoints at 2 and 4), then to 10 at K=4: calls (4, 4), (8, 1), (9, 1)."""
+  """4 steps at K=2 (checkpoints at 2 and 4), then to 10 at K=4 with the data on the device:
+  calls (4, 4), (8, 1), (9, 1)."""
   straight, _ = run(tmp_path, "straight", steps=10, steps_per_call=1)
   run(tmp_path, "resumed", steps=4, steps_per_call=2, checkpoint_every=2)
-  resumed, _ = run(tmp_path, "resumed", steps=10, steps_per_call=4)
+  resumed, _ = run(tmp_path, "resumed", steps=10, steps_per_call=4, data__placement="device")
   tolerances.assert_close(resumed, straight)
 
 
