@@ -110,9 +110,6 @@ def make_stepper(config: ml_collections.ConfigDict, train: data_lib.Split,
       step += n
     return calls
 
-  def one_step(state, batch, update_generator):
-    return seeded_step(state, batch, update_generator)
-
   if placement == "device":
     # The split placed once, sharded along its examples over the 'data' axis (each process
     # supplies the rows its devices hold); padded so that every device holds as many.
@@ -151,7 +148,7 @@ def make_stepper(config: ml_collections.ConfigDict, train: data_lib.Split,
 
   def call(state, xs, data, *, n: int, g_first: bool):
     """n steps from a step whose G flag is ``g_first`` (n == 1, or whole cycles)."""
-    step_of = lambda s, x, flag: one_step(s, gather(data, x), flag)
+    step_of = lambda s, x, flag: seeded_step(s, gather(data, x), flag)
     if n == 1:
       state, metrics = step_of(state, jax.tree.map(lambda a: a[0], xs), g_first)
       return state, jax.tree.map(lambda a: a[None], metrics)

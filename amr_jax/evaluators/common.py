@@ -145,7 +145,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   evals = config.get("evals")
   if not isinstance(evals, ml_collections.ConfigDict):
     raise ConfigError(f"config.evals={evals!r} is not allowed; allowed: a ConfigDict of "
-                   "evaluator entries, e.g. {'probe': {'every': 0}}")
+                      "evaluator entries, e.g. {'probe': {'every': 0}}")
   for name, entry in evals.items():
     if not isinstance(entry, ml_collections.ConfigDict):
       raise ConfigError(f"config.evals.{name}={entry!r} is not allowed; allowed: a dict with "
