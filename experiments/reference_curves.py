@@ -3,14 +3,15 @@ a PNG plot of validation probe accuracy and reconstruction loss per evaluation s
 
   python -m experiments.reference_curves \
       --authors='runs/curves/authors/seed*.jsonl' --ours=runs/curves/jax_mixup \
-      --ours_authors_model=runs/curves/jax_mixup_authors \
+      --variant='amr_jax ,authors=runs/curves/jax_mixup_authors' \
       --out=experiments/results/reference_curves
 
 `--authors`: JSON lines printed by `../shared/reference/torch_learning_curve.py` (one file per
 seed). `--ours`: amr_jax workdirs (their `metrics.jsonl`), one seed or several side by side;
-`--ours_authors_model` (optional): the same for runs of the `,authors` config option (the
-authors' initialisation, padding and spectral norm). Writes OUT_data.json (every value read, per
-seed), OUT_table.md (mean, std and per-seed values per step) and OUT.png.
+`--variant` (repeatable, optional): `LABEL=WORKDIR[,WORKDIR...]`, another group of amr_jax runs
+(for example a config option). Writes OUT_data.json (every value read, per group and seed),
+OUT_table.md (mean, std and per-seed values per step, then each amr_jax group against the
+authors' code per step: the two-sided Mann-Whitney U test's p-value) and OUT.png.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from PIL import ImageDraw
 
 _AUTHORS = flags.DEFINE_string("authors", None, "glob of the authors' curve JSON-lines files")
 _OURS = flags.DEFINE_list("ours", [], "amr_jax workdirs")
-_OURS_AUTHORS_MODEL = flags.DEFINE_list(
-    "ours_authors_model", [], "amr_jax workdirs trained with the ',authors' config option")
+_VARIANTS = flags.DEFINE_multi_string(
+    "variant", [], "LABEL=WORKDIR[,WORKDIR...]: another group of amr_jax runs")
 
-# Curve groups in tables and plots: label, plot colour.
-GROUPS = {"authors' code": (40, 90, 200), "amr_jax": (210, 50, 40),
-          "amr_jax ,authors": (30, 150, 60)}
+AUTHORS, OURS = "authors' code", "amr_jax"
+# Plot colours, in group order (authors' code, amr_jax, then the variants): name, RGB.
+COLOURS = (("blue", (40, 90, 200)), ("red", (210, 50, 40)), ("green", (30, 150, 60)),
+           ("orange", (230, 140, 20)), ("purple", (130, 60, 170)), ("grey", (110, 110, 110)))
 _OUT = flags.DEFINE_string("out", "experiments/results/reference_curves", "output prefix")
 
 
@@ -96,12 +98,12 @@ def table(groups: dict[str, dict], name: str) -> str:
 
 def plot(groups: dict[str, dict], path: str) -> None:
   """Two panels (probe accuracy, reconstruction L1): thin lines per seed, thick for the mean;
-  one colour per group (GROUPS)."""
+  one colour per group (COLOURS, in order)."""
   width, height, margin = 900, 380, 50
   image = Image.new("RGB", (2 * width, height), "white")
   draw = ImageDraw.Draw(image)
-  legend = ", ".join(f"{label}: {'blue' if c[2] > 150 else 'red' if c[0] > 150 else 'green'}"
-                     for label, c in GROUPS.items() if label in groups)
+  colours = {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(groups)}
+  legend = ", ".join(f"{label}: {colours[label][0]}" for label in groups)
   top = 1.0  # both panels: accuracy and L1 on [-1, 1] images (higher values are clipped)
   for panel, name in enumerate(("valid_probe_acc", "recon")):
     x0 = panel * width
@@ -122,28 +124,63 @@ def plot(groups: dict[str, dict], path: str) -> None:
       for curve in curves[name].values():
         points = [to_px(s, curve[s]) for s in sorted(curve)]
         if len(points) > 1:
-          draw.line(points, fill=GROUPS[label], width=1)
+          draw.line(points, fill=colours[label][1], width=1)
       steps = sorted(set.intersection(*(set(c) for c in curves[name].values()))
                      if curves[name] else set())
       mean = [to_px(s, np.mean([c[s] for c in curves[name].values()])) for s in steps]
       if len(mean) > 1:
-        draw.line(mean, fill=GROUPS[label], width=4)
+        draw.line(mean, fill=colours[label][1], width=4)
   image.save(path)
 
 
+def tests_against_authors(groups: dict[str, dict], name: str, min_seeds: int = 3) -> str:
+  """One row per step: for each amr_jax group, the two-sided Mann-Whitney U test's p-value
+  against the authors' seeds ("-" where either side has fewer than ``min_seeds`` seeds). A small
+  p says the two sets of seeds are unlikely to come from one distribution."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  authors = groups[AUTHORS][name]
+  others = [label for label in groups if label != AUTHORS]
+  steps = sorted({s for c in authors.values() for s in c})
+  lines = ["| step | " + " | ".join(f"{label} vs authors: p" for label in others) + " |",
+           "|---" * (1 + len(others)) + "|"]
+  for step in steps:
+    theirs = [c[step] for c in authors.values() if step in c]
+    cells = []
+    for label in others:
+      ours = [c[step] for c in groups[label][name].values() if step in c]
+      if min(len(ours), len(theirs)) < min_seeds:
+        cells.append("-")
+      else:
+        p = scipy_stats.mannwhitneyu(ours, theirs, alternative="two-sided").pvalue
+        cells.append(f"{p:.3f} ({len(ours)} vs {len(theirs)})")
+    lines.append(f"| {step} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+  """'LABEL=DIR1,DIR2' -> (LABEL, [DIR1, DIR2])."""
+  label, sep, dirs = spec.rpartition("=")
+  if not sep or not label or not dirs:
+    raise ValueError(f"--variant={spec!r}: expected LABEL=WORKDIR[,WORKDIR...]")
+  return label, dirs.split(",")
+
+
 def write(authors_pattern: str, workdirs: Sequence[str], out: str,
-          authors_model_workdirs: Sequence[str] = ()) -> str:
-  """Writes OUT_data.json, OUT_table.md and OUT.png; returns the table."""
-  groups = {"authors' code": read_authors(authors_pattern), "amr_jax": read_ours(workdirs)}
-  if authors_model_workdirs:
-    groups["amr_jax ,authors"] = read_ours(authors_model_workdirs)
+          variants: dict[str, Sequence[str]] | None = None) -> str:
+  """Writes OUT_data.json, OUT_table.md and OUT.png; returns the table. ``variants``: label ->
+  amr_jax workdirs, each another group."""
+  groups = {AUTHORS: read_authors(authors_pattern), OURS: read_ours(workdirs)}
+  for label, dirs in (variants or {}).items():
+    groups[label] = read_ours(dirs)
   with open(out + "_data.json", "w") as f:
-    keys = {"authors' code": "authors", "amr_jax": "amr_jax",
-            "amr_jax ,authors": "amr_jax_authors_model"}
-    json.dump({keys[label]: curves for label, curves in groups.items()}, f, indent=1)
+    json.dump(groups, f, indent=1)
   text = ("Validation probe accuracy (fraction)\n\n" + table(groups, "valid_probe_acc")
           + "\n\nReconstruction L1 (mean over the steps since the previous evaluation)\n\n"
-          + table(groups, "recon") + "\n")
+          + table(groups, "recon")
+          + "\n\nEach amr_jax group against the authors' code, per step: two-sided Mann-Whitney U "
+          "test over seeds (p-value; seeds compared)\n\nProbe accuracy:\n\n"
+          + tests_against_authors(groups, "valid_probe_acc") + "\n\nReconstruction L1:\n\n"
+          + tests_against_authors(groups, "recon") + "\n")
   with open(out + "_table.md", "w") as f:
     f.write(text)
   plot(groups, out + ".png")
@@ -152,7 +189,8 @@ def write(authors_pattern: str, workdirs: Sequence[str], out: str,
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  print(write(_AUTHORS.value, _OURS.value, _OUT.value, _OURS_AUTHORS_MODEL.value))
+  print(write(_AUTHORS.value, _OURS.value, _OUT.value,
+              dict(parse_variant(spec) for spec in _VARIANTS.value)))
 
 
 if __name__ == "__main__":

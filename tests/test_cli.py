@@ -11,11 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(workdir, *overrides, timeout=600):
+def run_cli(workdir, *overrides, timeout=600, module="amr_jax.main"):
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true", TF_CPP_MIN_LOG_LEVEL="3")
   cache = os.path.expanduser(os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla"))
-  cmd = [sys.executable, "-m", "amr_jax.main", "--config=experiments/configs/tiny.py",
-         f"--workdir={workdir}", f"--compilation_cache={cache}", *overrides]
+  if module == "amr_jax.main":
+    overrides = (f"--compilation_cache={cache}", *overrides)
+  cmd = [sys.executable, "-m", module, "--config=experiments/configs/tiny.py",
+         f"--workdir={workdir}", *overrides]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -59,6 +61,22 @@ def test_second_invocation_resumes_at_saved_step(first_run):
   assert "resuming from the checkpoint at step 4" in result.stdout
   assert [r["step"] for r in read_metrics(workdir)] == [2, 4, 6]
   assert "6" in os.listdir(workdir / "checkpoints")
+
+
+def test_evaluate_reads_the_newest_checkpoint_as_the_loop_measured_it(first_run):
+  workdir, _ = first_run
+  result = run_cli(workdir, "--evals=probe,frozen_probe", module="amr_jax.evaluate")
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout.strip().splitlines()[-1])
+  step = printed["step"]
+  assert step == max(int(s) for s in os.listdir(workdir / "checkpoints"))
+  logged = {r["step"]: r for r in read_metrics(workdir)}[step]
+  assert printed["valid_probe_acc"] == [logged["valid_probe_acc"]]  # the same state, re-read
+  assert 0.0 <= printed["frozen_probe_test_acc"][0] <= 1.0
+  saved = (workdir / "evaluations.jsonl").read_text().splitlines()
+  assert json.loads(saved[-1]) == printed
+  bad = run_cli(workdir, "--evals=nope", module="amr_jax.evaluate")
+  assert bad.returncode == 2 and "config.evals.nope: no evaluator module" in bad.stderr
 
 
 def test_bad_config_fails_before_compiling_and_leaves_workdir_alone(tmp_path):

@@ -18,6 +18,7 @@ from amr_jax import train
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step
 from amr_jax.evaluators import common
+from amr_jax.evaluators import frozen_probe
 from amr_jax.evaluators import pictures
 from amr_jax.evaluators import probe
 from amr_jax.evaluators import reconstruction
@@ -82,6 +83,42 @@ def test_reconstruction_error_matches_a_direct_computation():
   np.testing.assert_allclose(result.metrics["valid_recon_l1"], expected, rtol=1e-5)
 
 
+def test_frozen_probe_fit_is_exact_on_separable_codes_and_chance_on_noise():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 6)) * 5
+
+  def split(n, informative=True):
+    labels = rng.integers(0, 4, n)
+    codes = rng.normal(size=(n, 6)) + (centres[labels] if informative else 0)
+    return codes * [1e3, 1e-3, 1, 1, 1, 1] + 7, labels  # scale and offset must not matter
+
+  scores = frozen_probe.fit_linear_probe(split(400), split(200), split(200))
+  assert scores["frozen_probe_valid_acc"] == scores["frozen_probe_test_acc"] == 1.0
+  assert scores["frozen_probe_inverse_l2"] in frozen_probe.INVERSE_L2
+  noise = frozen_probe.fit_linear_probe(*(split(400, informative=False) for _ in range(3)))
+  assert noise["frozen_probe_test_acc"] < 0.45  # 4 classes: chance is 0.25
+
+
+def test_frozen_probe_evaluator_fits_each_seeds_own_codes():
+  config = tiny.get_config()
+  config.num_seeds = 2
+  config.eval_batch_size = 64
+  ctx, state = setup(config)
+  result = frozen_probe.Evaluator(ctx, num_train=300, max_iter=1000).evaluate(state, step=0)
+  data = ctx.dataset
+  for i in range(2):
+    encoder = one_seed(state, i, 2).generator["encoder"]
+    codes = lambda images: np.asarray(train_step.code(ctx.nets, config, encoder, images)
+                                      ).reshape(len(images), -1)
+    expected = frozen_probe.fit_linear_probe(
+        (codes(data.train.images[:300]), data.train.labels[:300]),
+        (codes(data.valid.images), data.valid.labels), (codes(data.test.images), data.test.labels))
+    # The codes are equal up to float32 rounding: at most one prediction may flip.
+    tolerance = 1.5 / min(len(data.valid.labels), len(data.test.labels))
+    for name in ("frozen_probe_valid_acc", "frozen_probe_test_acc"):
+      assert abs(result.metrics[name][i] - expected[name]) <= tolerance, (name, i)
+
+
 def test_pictures_are_uint8_grids_of_seed_zero():
   config = tiny.get_config()
   ctx, state = setup(config)
@@ -108,7 +145,7 @@ def test_spiral_evaluator_measures_every_seed_and_draws_seed_zero():
 def test_config_evals_is_validated_in_one_line(config_error):
   error = config_error
   assert "no evaluator module 'amr_jax.evaluators.fid'; allowed: one of disentanglement, " \
-         "pictures, probe, reconstruction, spiral" in error(
+         "frozen_probe, pictures, probe, reconstruction, spiral" in error(
              lambda c: c.evals.update(fid={"every": 0}))
   assert "config.evals.probe.every=-5" in error(lambda c: setattr(c.evals.probe, "every", -5))
   assert "not allowed with data.name='digits'" in error(
