@@ -6,8 +6,8 @@
   config.evals.disentanglement = dict(every=10_000, num_votes=800)
 
 An entry's key is the name of a module in this package (``probe``, ``frozen_probe``,
-``pictures``, ``disentanglement``, ``spiral``, ``reconstruction``), or any importable module given as
-``module='my_package.my_metric'``. The module defines a class ``Evaluator``
+``pictures``, ``disentanglement``, ``spiral``, ``reconstruction``), or any importable module
+given as ``module='my_package.my_metric'``. The module defines a class ``Evaluator``
 (see :class:`amr_jax.evaluators.common.Evaluator`); the entry's other fields are its options.
 Every evaluator also runs at the last training step, and ``python -m amr_jax.evaluate`` runs
 any of them on a run's newest checkpoint. :mod:`amr_jax.evaluators.common` holds the

@@ -24,6 +24,7 @@ from amr_jax import data as data_lib
 from amr_jax.config import ConfigError
 from amr_jax import networks as networks_lib
 from amr_jax import parallel
+from amr_jax import train_step
 from amr_jax.train_state import TrainState
 
 # Fields of a config.evals entry that are not the evaluator's options.
@@ -226,6 +227,15 @@ def padded_batches(mesh: Mesh, arrays: dict[str, np.ndarray],
     positions = np.minimum(positions, total - 1)[rows]
     local = {name: values[positions] for name, values in arrays.items()}
     yield parallel.global_batch(mesh, {**local, "weight": weights[rows]})
+
+
+def make_encode(context: Context) -> Callable:
+  """Jitted ``encode(state, images) -> codes`` of one seed's state (no seeds axis), sharded like
+  training, for :func:`encode_all`."""
+  nets, config = context.nets, context.config
+  return parallel.jit_data_parallel(
+      lambda s, x: train_step.code(nets, config, s.generator["encoder"], x),
+      context.mesh, batch_args=(1,), num_args=2)
 
 
 def encode_all(encode: Callable, state: TrainState, mesh: Mesh, images: np.ndarray,

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 
 from amr_jax import disentanglement
-from amr_jax import parallel
-from amr_jax import train_step as train_step_lib
 from amr_jax.data import dsprites
 from amr_jax.evaluators import common
 from amr_jax.train_state import TrainState
@@ -33,10 +31,7 @@ class Evaluator(common.Evaluator):
 
   def __init__(self, context: common.Context, **options: Any):
     super().__init__(context, **options)
-    nets, config = context.nets, context.config
-    self._encode = parallel.jit_data_parallel(
-        lambda s, x: train_step_lib.code(nets, config, s.generator["encoder"], x),
-        context.mesh, batch_args=(1,), num_args=2)
+    self._encode = common.make_encode(context)
 
   def scores(self, state: TrainState, seed: int) -> dict[str, float]:
     """The metrics of one seed's ``state`` (no seeds axis); ``seed`` draws the factors."""
