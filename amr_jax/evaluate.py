@@ -47,32 +47,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   Returns ``{"step": the checkpoint's step, metric: one value per seed, ...}``. Raises
   ConfigError for a bad config or evaluator name, FileNotFoundError if there is no checkpoint.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from amr_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from amr_jax import parallel  # pylint: disable=g-import-not-at-top
   from amr_jax import train  # pylint: disable=g-import-not-at-top
-  from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
   from amr_jax.evaluators import common as evaluators  # pylint: disable=g-import-not-at-top
 
-  config = with_evaluators(config, names)
-  config_lib.validate(config)
-  train.check_workdir(config, workdir)
-  dataset = train.load_dataset(config)
-  nets = train.build_networks(config, dataset)
-  mesh = parallel.make_mesh()
-  init_state = train.make_init_state(config, dataset, nets,
-                                     train_state_lib.make_optimizers(config.optim), mesh)
-  state_spec = parallel.with_sharding(jax.eval_shape(init_state), parallel.replicated(mesh))
-  restored = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).restore_latest(
-      state_spec)
+  run = train.set_up(with_evaluators(config, names), workdir)
+  restored = run.restore_latest()
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-  step, state, meta = restored
-  scheduled = evaluators.build(train.make_evaluator_context(config, dataset, nets, mesh))
-  for item in scheduled:  # what evaluators keep across a run (the probe's best so far)
-    item.evaluator.restore(meta)
-  result = evaluators.run_due(scheduled, state, step, is_last=True)
+  step, state = restored
+  result = evaluators.run_due(run.evals, state, step, is_last=True)
+  run.checkpointer.close()
   return {"step": step, **result.metrics}
 
 

@@ -9,6 +9,7 @@ writes logs and pictures; every process checkpoints.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import json
 import os
@@ -311,6 +312,53 @@ class _MetricsLog:
     return end, record
 
 
+@dataclasses.dataclass
+class Run:
+  """A config's run in a workdir, set up and nothing compiled: what training and evaluating a
+  checkpoint (:mod:`amr_jax.evaluate`) share."""
+  config: ml_collections.ConfigDict
+  dataset: data_lib.Dataset
+  nets: networks_lib.Networks
+  mesh: jax.sharding.Mesh
+  optimizers: train_state_lib.Optimizers
+  init_state: Callable[[], train_state_lib.TrainState]
+  # The state's shapes and shardings (a trace, nothing compiled or run): enough to restore a
+  # checkpoint into (a resumed run never builds the initial state) and to compile the step.
+  state_spec: Any
+  evals: list[evaluators.Scheduled]
+  checkpointer: checkpointing.Checkpointer
+
+  def restore_latest(self) -> tuple[int, train_state_lib.TrainState] | None:
+    """(step, state) of the newest readable checkpoint, with what the evaluators keep across a
+    run (the probe's best so far) restored from it; None if there is none."""
+    restored = self.checkpointer.restore_latest(self.state_spec)
+    if restored is None:
+      return None
+    step, state, meta = restored
+    for item in self.evals:
+      item.evaluator.restore(meta)
+    return step, state
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Validates ``config`` (and any config saved in ``workdir`` against it), then loads the data
+  and builds the networks, the mesh, the evaluators and the checkpointer. Writes nothing.
+  Raises ConfigError before anything compiles."""
+  config_lib.validate(config)
+  check_workdir(config, workdir)
+  dataset = load_dataset(config)
+  nets = build_networks(config, dataset)
+  mesh = parallel.make_mesh()
+  optimizers = train_state_lib.make_optimizers(config.optim)
+  init_state = make_init_state(config, dataset, nets, optimizers, mesh)
+  return Run(
+      config=config, dataset=dataset, nets=nets, mesh=mesh, optimizers=optimizers,
+      init_state=init_state,
+      state_spec=parallel.with_sharding(jax.eval_shape(init_state), parallel.replicated(mesh)),
+      evals=evaluators.build(make_evaluator_context(config, dataset, nets, mesh)),
+      checkpointer=checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")))
+
+
 def build_while_compiling(compile_fn: Callable[[], Any], build_fn: Callable[[], Any]) -> Any:
   """Runs ``compile_fn`` in a background thread while this thread runs ``build_fn`` (returns its
   result): the two overlap where XLA releases the GIL. Measured on 2 CPU cores, compiling the
@@ -335,32 +383,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   values (the probe's: best validation accuracy, the test accuracy and step there), lists (one
   per seed) when num_seeds > 1.
   """
-  config_lib.validate(config)
-  check_workdir(config, workdir)
+  run = set_up(config, workdir)
+  evals, checkpointer, state_spec = run.evals, run.checkpointer, run.state_spec
   is_main = jax.process_index() == 0
-  dataset = load_dataset(config)
-  nets = build_networks(config, dataset)
-  mesh = parallel.make_mesh()
-  optimizers = train_state_lib.make_optimizers(config.optim)
-  init_state = make_init_state(config, dataset, nets, optimizers, mesh)
   stepper = stepper_lib.make_stepper(
-      config, dataset.train, make_seeded_step(config, nets, optimizers), mesh,
-      stepper_lib.resolve_placement(config.data.placement, dataset.train))
-  # The state's shapes and shardings (a trace, nothing compiled or run): enough to restore a
-  # checkpoint into (a resumed run never builds the initial state) and to compile the step.
-  state_spec = parallel.with_sharding(jax.eval_shape(init_state), parallel.replicated(mesh))
-  evals = evaluators.build(make_evaluator_context(config, dataset, nets, mesh))
-  bad_parts = make_finite_check(mesh)
+      config, run.dataset.train, make_seeded_step(config, run.nets, run.optimizers), run.mesh,
+      stepper_lib.resolve_placement(config.data.placement, run.dataset.train))
+  bad_parts = make_finite_check(run.mesh)
   if is_main:
     write_config(config, workdir)
 
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  restored = checkpointer.restore_latest(state_spec)
+  restored = run.restore_latest()
   step = 0
   if restored is not None:
-    step, _, meta = restored
-    for item in evals:
-      item.evaluator.restore(meta)
+    step = restored[0]
     if is_main:
       print(f"resuming from the checkpoint at step {step} in {workdir}", flush=True)
 
@@ -372,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   # Only a fresh run builds (compiles and runs) the initial state.
   state = build_while_compiling(compile_first_step,
-                                init_state if restored is None else lambda: restored[1])
+                                run.init_state if restored is None else lambda: restored[1])
 
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=step)
   log = _MetricsLog(step, config.num_seeds > 1, stepper.unstack)

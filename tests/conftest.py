@@ -1,13 +1,12 @@
 """Test-wide JAX settings (small compile times, a persistent compilation cache) and fixtures."""
 
-import os
-
 import jax
 import pytest
 
+from tests import children
+
 jax.config.update("jax_disable_most_optimizations", True)
-jax.config.update("jax_compilation_cache_dir", os.path.expanduser(
-    os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla")))
+jax.config.update("jax_compilation_cache_dir", children.XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import report as report_lib
+from tests import children
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("step_images_per_s", "loop_images_per_s", "loop_to_step_ratio", "flops_per_step",
@@ -16,10 +17,8 @@ REQUIRED = ("step_images_per_s", "loop_images_per_s", "loop_to_step_ratio", "flo
 
 def test_tiny_run_writes_json_and_markdown(tmp_path):
   out = tmp_path / "report.json"
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true", TF_CPP_MIN_LOG_LEVEL="3")
-  # The tests' compilation cache (conftest.py): after the first run, compiles are read from it.
-  cache = os.path.join(os.path.expanduser(
-      os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla")), "benchmarks")
+  # The tests' compilation cache: after the first run, compiles are read from it.
+  cache = os.path.join(children.XLA_CACHE, "benchmarks")
   # A stand-in for the authors' step timing (its real one needs torch): a fixed speed.
   reference = tmp_path / "reference"
   reference.mkdir()
@@ -31,7 +30,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
        "--first_step_runs=1", f"--cache_dir={cache}", f"--out={out}",
        f"--reference={reference}", f"--reference_python={sys.executable}",
        "--reference_rounds=1", "--steps_per_call=1,3,5"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+      cwd=ROOT, env=children.env(), capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   report = json.loads(out.read_text())
   row = report["configs"]["mnist_dim32"]

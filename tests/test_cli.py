@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from tests import children
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(workdir, *overrides, timeout=600, module="amr_jax.main"):
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true", TF_CPP_MIN_LOG_LEVEL="3")
-  cache = os.path.expanduser(os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla"))
   if module == "amr_jax.main":
-    overrides = (f"--compilation_cache={cache}", *overrides)
+    overrides = (f"--compilation_cache={children.XLA_CACHE}", *overrides)
   cmd = [sys.executable, "-m", module, "--config=experiments/configs/tiny.py",
          f"--workdir={workdir}", *overrides]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(cmd, cwd=ROOT, env=children.env(), capture_output=True, text=True, timeout=timeout)
 
 
 def read_metrics(workdir):

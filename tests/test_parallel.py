@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import children
 from tests import tolerances
 
 # Every test here compares two computations (CI also runs them under another XLA:CPU code path).
@@ -24,8 +25,7 @@ def worker_env(devices):
   xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
              XLA_FLAGS=xla_flags.strip(), PYTHONPATH=str(ROOT))
-  env["JAX_COMPILATION_CACHE_DIR"] = os.path.expanduser(
-      os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla"))
+  env["JAX_COMPILATION_CACHE_DIR"] = children.XLA_CACHE
   return env
 
 

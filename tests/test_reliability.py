@@ -12,6 +12,7 @@ from pathlib import Path
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -19,6 +20,7 @@ from amr_jax import checkpointing
 from amr_jax import config as config_lib
 from amr_jax import train
 from amr_jax import train_step as train_step_lib
+from tests import children
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.configs import tiny  # noqa: E402
@@ -49,12 +51,10 @@ def test_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp_path):
   assert run_cli(straight, *overrides).returncode == 0
 
   killed = tmp_path / "killed"
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true", TF_CPP_MIN_LOG_LEVEL="3")
-  cache = os.path.expanduser(os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla"))
   proc = subprocess.Popen(
       [sys.executable, "-m", "amr_jax.main", "--config=experiments/configs/tiny.py",
-       f"--workdir={killed}", f"--compilation_cache={cache}", *overrides],
-      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+       f"--workdir={killed}", f"--compilation_cache={children.XLA_CACHE}", *overrides],
+      cwd=ROOT, env=children.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   # Kill at a random moment once training is under way (a step in [1, steps - 2] was logged).
   target = random.Random(os.getpid()).randint(1, steps - 2)
   deadline = time.time() + 300
@@ -79,13 +79,11 @@ def test_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(tmp_path):
   workdir = tmp_path / "preempted"
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true", TF_CPP_MIN_LOG_LEVEL="3")
-  cache = os.path.expanduser(os.environ.get("AMR_TEST_XLA_CACHE", "~/.cache/amr_jax/test_xla"))
   proc = subprocess.Popen(
       [sys.executable, "-m", "amr_jax.main", "--config=experiments/configs/tiny.py",
-       f"--workdir={workdir}", f"--compilation_cache={cache}", "--config.num_train_steps=100000",
+       f"--workdir={workdir}", f"--compilation_cache={children.XLA_CACHE}", "--config.num_train_steps=100000",
        "--config.checkpoint_every=100000", "--config.eval_every=100000", "--config.log_every=1"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=children.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
@@ -130,6 +128,7 @@ def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(
 
   monkeypatch.setattr(train_step_lib, "make_train_step", poisoned_make)
   config = tiny_config(num_train_steps=8, checkpoint_every=2, log_every=log_every)
+  config.evals = ml_collections.ConfigDict()  # they only read the state: not needed here
   with pytest.raises(train.NonFiniteLossError, match=expected):
     train.train_and_evaluate(config, str(tmp_path))
   good = checkpointing.Checkpointer(str(tmp_path / "checkpoints")).all_steps()[-1]

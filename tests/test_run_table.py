@@ -2,20 +2,22 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests import children
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_table(tmp_path):
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true", TF_CPP_MIN_LOG_LEVEL="3")
+  # The seeds vmapped: the step is traced once, not once per seed.
   cmd = [sys.executable, "-m", "experiments.run_table", "--config=experiments/configs/tiny.py",
          "--row=ae_gan", "--row=bern", "--seeds=2", f"--workdir={tmp_path / 'runs'}",
-         f"--out={tmp_path / 'table'}", "--config.num_train_steps=2"]
-  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+         f"--out={tmp_path / 'table'}", "--config.num_train_steps=2",
+         "--config.seed_batching=vmap"]
+  result = subprocess.run(cmd, cwd=ROOT, env=children.env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -32,8 +34,9 @@ def test_runner_writes_tables_with_every_seed_and_resumes(tmp_path):
     assert row["seeds"] == [0, 1] and len(row["valid"]) == 2 and len(row["test"]) == 2
     assert row["steps"] == 2
   assert "Hardware" in table
-  assert "Overrides on every row (the rest as in the row's config): `num_train_steps=2`" in table
-  assert details["overrides"] == ["num_train_steps=2"]
+  assert ("Overrides on every row (the rest as in the row's config): `num_train_steps=2` "
+          "`seed_batching=vmap`") in table
+  assert details["overrides"] == ["num_train_steps=2", "seed_batching=vmap"]
   # Both rows' runs finished: a second call reads them back and trains nothing more.
   again = run_table(tmp_path)
   assert "resuming from the checkpoint at step 2" in again.stdout

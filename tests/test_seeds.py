@@ -20,32 +20,33 @@ def tiny_config(**overrides):
 
 
 @pytest.mark.equivalence
-@pytest.mark.parametrize("batching", ["vmap", "unroll"])
-def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path, batching):
-  both, summary = train.train_and_evaluate(
-      tiny_config(seed=3, num_seeds=2, seed_batching=batching), str(tmp_path / "b"))
-  assert jax.tree.leaves(both)[0].shape[0] == 2  # a leading seeds axis
-  seed_slice = lambda i: jax.tree.map(lambda leaf: np.asarray(leaf)[i], both)
-  alone = {}
-  for i, seed in enumerate((3, 4)):
-    alone[seed], alone_summary = train.train_and_evaluate(tiny_config(seed=seed),
-                                                          str(tmp_path / f"s{seed}"))
+def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path):
+  """Seeds 3 and 4 side by side, vmapped and unrolled, against each trained alone."""
+  alone, alone_summary = {}, {}
+  for seed in (3, 4):
+    alone[seed], alone_summary[seed] = train.train_and_evaluate(tiny_config(seed=seed),
+                                                                str(tmp_path / f"s{seed}"))
     assert int(alone[seed].step) == 2
-    # Batched code fuses and orders float sums differently: equal to float32 rounding.
-    tolerances.assert_close(seed_slice(i), alone[seed])
-    assert summary["best_step_per_seed"][i] == alone_summary["best_step"]
-    # Rounding may flip one example whose two best classes tie; a wrong seed moves many more.
-    for name in ("best_valid_probe_acc", "test_probe_acc_at_best"):
-      assert abs(summary[f"{name}_per_seed"][i] - alone_summary[name]) <= 1 / 297 + 1e-9, name
-  # Negative control: the other seed, trained alone, fails the same check.
-  tolerances.assert_differs(seed_slice(0), alone[4])
-  tolerances.assert_differs(seed_slice(1), alone[3])
-  # The log holds each seed's own training curve beside the mean over seeds.
   last = lambda run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])
-  both_record = last("b")
-  assert both_record["recon"] == pytest.approx(np.mean(both_record["recon_per_seed"]))
-  tolerances.assert_close(both_record["recon_per_seed"],
-                          [last(f"s{seed}")["recon"] for seed in (3, 4)])
+  for batching in ("vmap", "unroll"):
+    both, summary = train.train_and_evaluate(
+        tiny_config(seed=3, num_seeds=2, seed_batching=batching), str(tmp_path / batching))
+    assert jax.tree.leaves(both)[0].shape[0] == 2  # a leading seeds axis
+    seed_slice = lambda i: jax.tree.map(lambda leaf, i=i: np.asarray(leaf)[i], both)
+    for i, seed in enumerate((3, 4)):
+      # Batched code fuses and orders float sums differently: equal to float32 rounding.
+      tolerances.assert_close(seed_slice(i), alone[seed])
+      assert summary["best_step_per_seed"][i] == alone_summary[seed]["best_step"]
+      # Rounding may flip one example whose two best classes tie; a wrong seed moves many more.
+      for name in ("best_valid_probe_acc", "test_probe_acc_at_best"):
+        assert abs(summary[f"{name}_per_seed"][i] - alone_summary[seed][name]) <= 1 / 297 + 1e-9
+    # Negative control: the other seed, trained alone, fails the same check.
+    tolerances.assert_differs(seed_slice(0), alone[4])
+    tolerances.assert_differs(seed_slice(1), alone[3])
+    # The log holds each seed's own training curve beside the mean over seeds.
+    record = last(batching)
+    assert record["recon"] == pytest.approx(np.mean(record["recon_per_seed"]))
+    tolerances.assert_close(record["recon_per_seed"], [last(f"s{seed}")["recon"] for seed in (3, 4)])
 
 
 def test_auto_batching_unrolls_on_cpu_and_vmaps_elsewhere():

@@ -3,6 +3,7 @@ batches gathered on the device, end equal to the plain one-step, host-fed loop."
 
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ def run(tmp_path, name, steps=4, **fields):
   config = tiny.get_config()  # g_every 2
   config.num_train_steps = steps
   config.log_every = config.eval_every = config.checkpoint_every = 4
+  config.evals = ml_collections.ConfigDict()  # they only read the state: not needed here
   for field, value in fields.items():
     config_lib.set_field(config, field.replace("__", "."), value)
   state, _ = train.train_and_evaluate(config, str(tmp_path / name))
@@ -30,20 +32,20 @@ def run(tmp_path, name, steps=4, **fields):
 
 @pytest.mark.equivalence
 def test_k_steps_per_call_and_device_data_equal_the_plain_loop(tmp_path):
-  """2 seeds side by side (one seed: the resumed run below and tests/test_parallel.py)."""
-  num_seeds = 2
-  plain, plain_log = run(tmp_path, "plain", num_seeds=num_seeds, steps_per_call=1,
-                         data__placement="host")
+  """2 seeds side by side (one seed: the resumed run below and tests/test_parallel.py), vmapped
+  as on accelerators (traced once; unrolled seeds: tests/test_parallel.py)."""
+  seeds = dict(num_seeds=2, seed_batching="vmap")
+  plain, plain_log = run(tmp_path, "plain", steps_per_call=1, data__placement="host", **seeds)
   # The K steps of a call as a lax.scan and unrolled (XLA:CPU's default: see stepper.py).
   for name, k, placement, loop in (("k2", 2, "host", "unroll"), ("k4_device", 4, "device", "scan"),
                                    ("k1_device", 1, "device", "auto")):
-    state, log = run(tmp_path, name, num_seeds=num_seeds, steps_per_call=k,
-                     data__placement=placement, steps_per_call_loop=loop)
+    state, log = run(tmp_path, name, steps_per_call=k, data__placement=placement,
+                     steps_per_call_loop=loop, **seeds)
     tolerances.assert_close(state, plain)
     for metric in ("d_loss", "g_loss", "recon", "probe_loss"):  # window means over 4 steps
       np.testing.assert_allclose(log[4][metric], plain_log[4][metric], rtol=1e-4)
   # Negative control: one more step fails the same check.
-  more, _ = run(tmp_path, "more", steps=5, num_seeds=num_seeds, steps_per_call=1)
+  more, _ = run(tmp_path, "more", steps=5, steps_per_call=1, **seeds)
   tolerances.assert_differs(more, plain)
 
 

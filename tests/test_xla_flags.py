@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from amr_jax import xla_flags
+from tests import children
 from tests import tolerances
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +44,7 @@ def test_too_late_is_an_error_not_a_silent_no_op(monkeypatch):
 
 def _run(tmp_path, name, switch):
   out = tmp_path / f"{name}.npz"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {k: v for k, v in children.env().items() if k != "XLA_FLAGS"}
   env[xla_flags.SWITCH] = switch
   result = subprocess.run([sys.executable, "-m", "tests.xla_flags_worker", str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
