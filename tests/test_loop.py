@@ -2,7 +2,10 @@
 no step compiled twice."""
 
 import json
+import time
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -89,3 +92,47 @@ def test_tensorboard_events_hold_every_scalar(tmp_path):
       seen.append((event.step, value.tag, float(tf.make_ndarray(value.tensor))))
   assert seen == [(1, "loss", 0.5), (2, "loss", 0.25)]
   assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_the_host_dispatches_at_most_two_calls_ahead_of_the_device(tmp_path, monkeypatch):
+  """SIGTERM acts between calls, so the host must not queue many calls ahead of the device: with
+  each step made slow on the device (a 0.2 s host callback inside it), the host never holds more
+  than train.MAX_CALLS_IN_FLIGHT unfinished calls when it dispatches the next one."""
+  make_train_step = train.train_step_lib.make_train_step
+
+  def slow_make_train_step(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def slow(state, batch, key, update_generator=None):
+      state, out = step_fn(state, batch, key, update_generator)
+      pause = jax.pure_callback(lambda x: (time.sleep(0.2), x)[1],
+                                jax.ShapeDtypeStruct((), np.float32), out["recon"])
+      return state, dict(out, recon=pause)
+    return slow
+
+  unfinished = []
+  make_stepper = train.stepper_lib.make_stepper
+
+  def watching_make_stepper(*args, **kwargs):
+    stepper = make_stepper(*args, **kwargs)
+    outputs = []
+    run = stepper.run
+
+    def watched(state, first, n, inputs):
+      unfinished.append(sum(not all(a.is_ready() for a in jax.tree.leaves(o)) for o in outputs))
+      state, metrics = run(state, first, n, inputs)
+      outputs.append(metrics)
+      return state, metrics
+    stepper.run = watched
+    return stepper
+
+  monkeypatch.setattr(train.train_step_lib, "make_train_step", slow_make_train_step)
+  monkeypatch.setattr(train.stepper_lib, "make_stepper", watching_make_stepper)
+  config = tiny.get_config()
+  config.num_train_steps = config.log_every = config.eval_every = config.checkpoint_every = 12
+  # One step variant and no evaluators: a step with a host callback is not persistently cached.
+  config.g_every = 1
+  config.evals = ml_collections.ConfigDict()
+  train.train_and_evaluate(config, str(tmp_path))
+  assert len(unfinished) == 12
+  assert max(unfinished) <= train.MAX_CALLS_IN_FLIGHT, unfinished
