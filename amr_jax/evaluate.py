@@ -51,12 +51,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   from amr_jax.evaluators import common as evaluators  # pylint: disable=g-import-not-at-top
 
   run = train.set_up(with_evaluators(config, names), workdir)
-  restored = run.restore_latest()
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-  step, state = restored
-  result = evaluators.run_due(run.evals, state, step, is_last=True)
-  run.checkpointer.close()
+  try:
+    restored = run.restore_latest()
+    if restored is None:
+      raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    step, state = restored
+    result = evaluators.run_due(run.evals, state, step, is_last=True)
+  finally:
+    run.checkpointer.close()
   return {"step": step, **result.metrics}
 
 
