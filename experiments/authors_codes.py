@@ -31,8 +31,9 @@ def main(reference: str, mnist_dir: str, seed: str, steps: str, out: str) -> Non
       return np.concatenate([gan.generator.encode(x[i:i + 500]).reshape(-1, code).numpy()
                              for i in range(0, len(x), 500)])
 
-  np.savez(out, **{f"{name}_codes": encode(run[f"x_{name}"]) for name in ("train", "valid", "test")},
-           **{f"{name}_labels": np.asarray(run[f"y_{name}"]) for name in ("train", "valid", "test")})
+  splits = ("train", "valid", "test")
+  np.savez(out, **{f"{name}_codes": encode(run[f"x_{name}"]) for name in splits},
+           **{f"{name}_labels": np.asarray(run[f"y_{name}"]) for name in splits})
   print(f"wrote {out}", flush=True)
 
 

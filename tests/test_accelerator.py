@@ -18,8 +18,8 @@ def test_smoke_runs_the_accelerator_path_on_cpu(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.accelerator.run", "--smoke", "--time_limit=300",
        f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'table'}",
-       f"--compilation_cache={children.XLA_CACHE}"], cwd=ROOT, env=children.env(JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-      timeout=600)
+       f"--compilation_cache={children.XLA_CACHE}"], cwd=ROOT,
+      env=children.env(JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   print(f"smoke: {time.time() - t0:.0f} s")
   summary = json.loads((tmp_path / "table_speed.json").read_text())

@@ -18,7 +18,8 @@ def run_cli(workdir, *overrides, timeout=600, module="amr_jax.main"):
     overrides = (f"--compilation_cache={children.XLA_CACHE}", *overrides)
   cmd = [sys.executable, "-m", module, "--config=experiments/configs/tiny.py",
          f"--workdir={workdir}", *overrides]
-  return subprocess.run(cmd, cwd=ROOT, env=children.env(), capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(cmd, cwd=ROOT, env=children.env(), capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def read_metrics(workdir):

@@ -23,10 +23,7 @@ WORKER = ROOT / "tests" / "parallel_worker.py"
 def worker_env(devices):
   # The caller's XLA flags (e.g. another XLA:CPU code path, as CI runs) apply to workers too.
   xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-             XLA_FLAGS=xla_flags.strip(), PYTHONPATH=str(ROOT))
-  env["JAX_COMPILATION_CACHE_DIR"] = children.XLA_CACHE
-  return env
+  return children.env(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags.strip(), PYTHONPATH=str(ROOT))
 
 
 def run_worker(*args, devices, timeout=600, **env):

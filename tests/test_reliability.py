@@ -81,8 +81,9 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(tmp_pa
   workdir = tmp_path / "preempted"
   proc = subprocess.Popen(
       [sys.executable, "-m", "amr_jax.main", "--config=experiments/configs/tiny.py",
-       f"--workdir={workdir}", f"--compilation_cache={children.XLA_CACHE}", "--config.num_train_steps=100000",
-       "--config.checkpoint_every=100000", "--config.eval_every=100000", "--config.log_every=1"],
+       f"--workdir={workdir}", f"--compilation_cache={children.XLA_CACHE}",
+       "--config.num_train_steps=100000", "--config.checkpoint_every=100000",
+       "--config.eval_every=100000", "--config.log_every=1"],
       cwd=ROOT, env=children.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300

@@ -17,7 +17,8 @@ def run_table(tmp_path):
          "--row=ae_gan", "--row=bern", "--seeds=2", f"--workdir={tmp_path / 'runs'}",
          f"--out={tmp_path / 'table'}", "--config.num_train_steps=2",
          "--config.seed_batching=vmap"]
-  result = subprocess.run(cmd, cwd=ROOT, env=children.env(), capture_output=True, text=True, timeout=600)
+  result = subprocess.run(cmd, cwd=ROOT, env=children.env(), capture_output=True, text=True,
+                          timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 

@@ -46,7 +46,8 @@ def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path):
     # The log holds each seed's own training curve beside the mean over seeds.
     record = last(batching)
     assert record["recon"] == pytest.approx(np.mean(record["recon_per_seed"]))
-    tolerances.assert_close(record["recon_per_seed"], [last(f"s{seed}")["recon"] for seed in (3, 4)])
+    tolerances.assert_close(record["recon_per_seed"],
+                            [last(f"s{seed}")["recon"] for seed in (3, 4)])
 
 
 def test_auto_batching_unrolls_on_cpu_and_vmaps_elsewhere():

@@ -22,7 +22,8 @@ INVERSE_L2 = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def fit_linear_probe(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
-                     test: tuple[np.ndarray, np.ndarray], *, inverse_l2: Sequence[float] = INVERSE_L2,
+                     test: tuple[np.ndarray, np.ndarray], *,
+                     inverse_l2: Sequence[float] = INVERSE_L2,
                      max_iter: int = 1000, seed: int = 0) -> dict[str, float]:
   """Fits a linear classifier on frozen features and scores it.
 
