@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ class Checkpointer:
   def _manager(self):
     if self._manager_or_none is None:
       import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-      self._manager_or_none = ocp.CheckpointManager(
+      self._manager_or_none = _manager_class()(
           self._directory,
           options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True))
     return self._manager_or_none
@@ -91,3 +92,26 @@ class Checkpointer:
     if self._manager_or_none is not None:
       self._manager.wait_until_finished()
       self._manager.close()
+
+
+@functools.cache
+def _manager_class() -> type:
+  """orbax's ``CheckpointManager``, except that it never asks JAX's preemption sync manager.
+
+  The training loop asks it, once per call boundary, with a count of boundaries
+  (``amr_jax.train._Preemption``). orbax's own question (``reached_preemption``, from ``save``
+  and from its background finalize thread) passes a step number instead, which the sync
+  manager takes as this process's position: a finalize thread reporting an old step while the
+  sync point is being agreed could set a point that this process has already passed, and the
+  other processes would stop there without it. The loop forces every save, so orbax needs no
+  answer of its own.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  class Manager(ocp.CheckpointManager):
+
+    def reached_preemption(self, step: int) -> bool:
+      del step
+      return False
+
+  return Manager

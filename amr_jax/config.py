@@ -97,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.name = "mnist"
   config.data.manual_dir = ""  # folder with the dataset's original files, to build it offline
   config.data.data_dir = ""  # TFDS data_dir ('' = TFDS default)
+  # A TFDS dataset neither prepared in data_dir nor given by manual_dir: TFDS downloads and
+  # prepares it into data_dir (True), or the run fails saying how to provide it (False).
+  config.data.download = True
   config.data.image_size = 32
   config.data.split_seed = 0  # the train/validation split: the same for every training seed
   config.data.num_valid = -1  # -1 = the dataset's default validation size
@@ -176,7 +179,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   Args:
     config: the experiment config.
     num_devices: devices the batch is sharded over (default: all of ``jax.devices()``).
-    check_data: also check that the dataset is available offline (cheap, loads nothing).
+    check_data: also check that the dataset can be had (loads nothing): prepared, or its
+      original files in data.manual_dir, or (data.download) TensorFlow installed and the
+      download hosts answering (one HEAD request per host, 10 s timeout).
   """
   _one_of(config, "model", MODELS)
   _one_of(config, "mixer", mixers.names())
@@ -253,6 +258,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
           f"{expected_size} (the input size of arch.name={config.arch.name!r})")
   _number(config, "data.num_valid", minimum=-1, integer=True)
   _number(config, "data.num_train", minimum=-1, integer=True)
+  if not isinstance(_get(config, "data.download"), bool):
+    _fail("data.download", config.data.download, "True or False")
   from amr_jax.evaluators import common as evaluators  # pylint: disable=g-import-not-at-top
   evaluators.validate(config)  # (it imports the evaluators' modules, which import this one)
   _one_of(config, "data.placement", PLACEMENTS)
@@ -281,7 +288,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if check_data:
     try:
       data_lib.check_available(config.data.name, manual_dir=config.data.manual_dir,
-                               data_dir=config.data.data_dir,
+                               data_dir=config.data.data_dir, download=config.data.download,
                                attributes=tuple(config.data.attributes))
     except ValueError as e:
       raise ConfigError(str(e)) from None

@@ -34,6 +34,7 @@ def main(argv):
   from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from amr_jax import parallel  # pylint: disable=g-import-not-at-top
   from amr_jax import train  # pylint: disable=g-import-not-at-top
+  from amr_jax import workdir_lock  # pylint: disable=g-import-not-at-top
 
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and jax log a lot at INFO
@@ -44,7 +45,7 @@ def main(argv):
                                   FLAGS.process_id)
   try:
     _, summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, train.NonFiniteLossError) as e:
+  except (config_lib.ConfigError, train.NonFiniteLossError, workdir_lock.WorkdirLockError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if jax.process_index() == 0:

@@ -19,11 +19,10 @@ class MetricsWriter:
   WORKDIR/tensorboard. On resume, lines after ``resume_step`` (written by a run that died before
   its next checkpoint) are dropped, so the file tells one consistent history.
 
-  TensorBoard needs TensorFlow, whose import takes seconds of CPU: it and every event-file write
-  run in one background thread, in order, and the import starts only at the first ``write``.
-  Started earlier, it competed for the host with tracing the first train step (about 0.5 s
-  later start on a 2-core machine); by the first write the training loop has dispatched steps.
-  ``close`` waits for the writes to finish.
+  TensorBoard event files are written by tensorboardX (protobuf only, no TensorFlow: its import
+  takes about 0.25 s where TensorFlow's took 5-8 s). It and every event-file write (PNG encoding,
+  record checksums) run in one background thread, in order, off the training loop's thread; the
+  writer is created at the first ``write``. ``close`` waits for the writes to finish.
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
@@ -77,21 +76,17 @@ class MetricsWriter:
     summary = self._summary.result()
     if summary is None:
       return
-    writer, tf = summary
-    with writer.as_default(step=step):
-      for name, value in scalars.items():
-        tf.summary.scalar(name, value)
-    writer.flush()
+    for name, value in scalars.items():
+      summary.add_scalar(name, value, step)
+    summary.flush()
 
   def _write_images(self, step: int, pictures: dict[str, np.ndarray]) -> None:
     summary = self._summary.result()
     if summary is None:
       return
-    writer, tf = summary
-    with writer.as_default(step=step):
-      for name, picture in pictures.items():
-        tf.summary.image(name, picture[None])  # a batch of one (1, H, W, C) uint8
-    writer.flush()
+    for name, picture in pictures.items():
+      summary.add_image(name, picture, step, dataformats="HWC")  # uint8, C = 1 or 3
+    summary.flush()
 
   def close(self) -> None:
     """Finishes the TensorBoard writes; re-raises an error one of them met."""
@@ -105,14 +100,15 @@ class MetricsWriter:
   def _close_summary(self) -> None:
     summary = None if self._summary is None else self._summary.result()
     if summary is not None:
-      summary[0].close()
+      summary.close()
 
 
 def _create_summary_writer(logdir: str):
+  """A tensorboardX SummaryWriter on ``logdir``, or None (with a warning) without tensorboardX."""
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorboardX  # pylint: disable=g-import-not-at-top
   except ImportError:
-    logging.warning("tensorflow is not installed: no TensorBoard event files")
+    logging.warning("tensorboardX is not installed (pip install amr_jax[train]): "
+                    "no TensorBoard event files")
     return None
-  tf.config.set_visible_devices([], "GPU")  # TF must leave accelerators to JAX
-  return tf.summary.create_file_writer(logdir), tf
+  return tensorboardX.SummaryWriter(logdir)

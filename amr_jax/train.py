@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
+import itertools
 import json
+import logging
 import os
 import signal
 import time
@@ -20,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tqdm
@@ -32,6 +36,7 @@ from amr_jax import parallel
 from amr_jax import stepper as stepper_lib
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
+from amr_jax import workdir_lock
 from amr_jax.evaluators import common as evaluators
 from amr_jax.metrics_writer import MetricsWriter
 
@@ -89,14 +94,40 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"model's shapes ({'; '.join(mismatches)}); use another --workdir or the saved values")
 
 
+# Call boundaries counted over the process's life, for JAX's preemption sync manager (it lives
+# as long as the process; a second run in the same process must not count from 0 again).
+_CALL_BOUNDARIES = itertools.count(1)
+
+
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks at step boundaries (save, then exit cleanly)."""
+  """Where a pre-emption notice (SIGTERM) stops the run: ``reached()``, asked at every call
+  boundary, is True at the boundary where the run saves a checkpoint and exits.
+
+  One process: a Python SIGTERM handler sets a flag; the next boundary is the one.
+
+  Several processes (``jax.distributed``): hosts get their notices seconds apart, and saving
+  and the next step are collective, so every process must stop at the same boundary. JAX's
+  preemption sync manager (set up by ``jax.distributed.initialize()``) catches SIGTERM in C++
+  and tells the coordination service; each process then reports its last boundary and all
+  agree on the one after the furthest (``multihost_utils.reached_preemption_sync_point``),
+  whichever host got the notice first and whether or not the others ever get theirs. A later
+  SIGTERM is absorbed by the same C++ handler, so a process that has already stopped still
+  exits 0. Python's SIGTERM handler is not installed then: it would replace JAX's (which
+  ``signal.getsignal`` does not see).
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._synced = jax.process_count() > 1
 
   def __enter__(self):
+    if self._synced:
+      if not jax.config.jax_enable_preemption_service:
+        logging.warning("jax_enable_preemption_service is off: SIGTERM ends this multi-process "
+                        "run without a checkpoint")
+        self._synced = False
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: leave signals alone
@@ -106,6 +137,15 @@ class _Preemption:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def reached(self) -> bool:
+    """Whether to save and exit at this call boundary (ask once per boundary, in the same
+    order on every process)."""
+    if self._synced:
+      # The sync manager compares a count of boundaries (consecutive, the same on every
+      # process, never repeated while the process lives) with the agreed one.
+      return multihost_utils.reached_preemption_sync_point(next(_CALL_BOUNDARIES))
+    return self.requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -228,7 +268,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
       config.data.name, seed=config.data.split_seed, image_size=config.data.image_size,
       manual_dir=config.data.manual_dir, data_dir=config.data.data_dir,
       num_valid=config.data.num_valid, num_train=config.data.num_train,
-      attributes=tuple(config.data.attributes))
+      attributes=tuple(config.data.attributes), download=config.data.download)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -263,25 +303,89 @@ def make_finite_check(mesh: jax.sharding.Mesh) -> Callable[[train_state_lib.Trai
   return lambda state: [name for name, ok in parallel.to_host(finite(state)).items() if not ok]
 
 
+@dataclasses.dataclass
+class _Call:
+  """One call of the step: its last step, how many steps it ran, its metrics (on the device),
+  and when the host saw it finished (None until then)."""
+  last_step: int
+  num_steps: int
+  metrics: Any
+  done: float | None = None
+
+
+@dataclasses.dataclass
+class _Pause:
+  """Training paused for an evaluation or a checkpoint, from ``start`` to ``end``."""
+  kind: str
+  start: float
+  end: float
+  reported: bool  # already in a record (an evaluation is reported with its own results)
+
+
 class _MetricsLog:
-  """The step's metrics, kept on device and read in windows.
+  """The step's metrics, kept on device and read in windows, and each window's training speed.
 
   At a log step the window's metrics start copying to the host and are read at the next log
   step, long after they arrived, so the host never waits for the device there; evaluations and
   checkpoints, which need the state anyway, read everything.
+
+  A window's wall-clock time runs from the end of the previous window to the moment its last
+  call has finished on the device, as the host sees it: at each call the host notes which
+  calls have finished (in steady state it has just waited for the oldest of the
+  MAX_CALLS_IN_FLIGHT ahead), so a window's time is the device's, not the dispatch's (which
+  runs ahead, and after a pause dispatches the first calls at once). Evaluations and
+  checkpoints (``pause``) first wait for the steps dispatched before them, so that wait counts
+  as training; their own time is reported apart (``eval_s``, ``checkpoint_s``) and left out of
+  ``steps_per_s``.
   """
 
-  def __init__(self, start_step: int, multi_seed: bool,
+  def __init__(self, multi_seed: bool,
                unstack: Callable[[int, Any], list[dict[str, np.ndarray]]]):
-    self._pending: list[tuple[int, int, Any]] = []  # (last step, steps, the call's metrics)
-    self._in_flight: list[tuple[int, int, Any]] = []  # the last window, on its way
-    self._last_read = (time.time(), start_step)
+    self._pending: list[_Call] = []
+    self._in_flight: list[_Call] = []  # the last window, on its way
+    self._unfinished: collections.deque[_Call] = collections.deque()  # in dispatch order
+    self._window_start = time.perf_counter()  # where the next window's time begins
+    self._pauses: list[_Pause] = []  # pauses not yet inside a computed window
     self._multi = multi_seed
     self._unstack = unstack
 
   def add(self, step: int, num_steps: int, metrics: Any) -> None:
     """A call's metrics (``num_steps`` steps ending at ``step``), still on the device."""
-    self._pending.append((step, num_steps, metrics))
+    call = _Call(step, num_steps, metrics)
+    self._pending.append(call)
+    self._unfinished.append(call)
+    self._note_finished()
+
+  def _note_finished(self, through: _Call | None = None) -> None:
+    """Stamps the calls seen finished now (in order: a call finishes after the ones before it);
+    ``through``: that call and those before it are known to have finished."""
+    now = time.perf_counter()
+    while self._unfinished:
+      call = self._unfinished[0]
+      if through is None and not all(leaf.is_ready() for leaf in jax.tree.leaves(call.metrics)):
+        return
+      self._unfinished.popleft().done = now
+      if call is through:
+        return
+
+  @contextlib.contextmanager
+  def pause(self, kind: str, wait_for: Any, record: dict[str, Any] | None = None
+            ) -> Iterator[None]:
+    """Times what runs inside as ``kind`` ('eval' or 'checkpoint'), after waiting for
+    ``wait_for`` (the state: the steps dispatched so far). Its seconds go into
+    ``record[kind + '_s']`` when given (the record of this step, not yet written), else into
+    the record of the window it falls in (the next one)."""
+    jax.block_until_ready(wait_for)
+    if self._unfinished:
+      self._note_finished(through=self._unfinished[-1])
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      end = time.perf_counter()
+      self._pauses.append(_Pause(kind, start, end, reported=record is not None))
+      if record is not None:
+        record[f"{kind}_s"] = end - start
 
   def read(self, everything: bool) -> Iterator[tuple[int, dict[str, Any]]]:
     """(last step, record) of each window ready to read: the one in flight, and with
@@ -292,16 +396,19 @@ class _MetricsLog:
       windows.append(self._pending)
       self._in_flight = []
     else:
-      for _, _, m in self._pending:
-        jax.tree.map(lambda a: a.copy_to_host_async(), m)
+      for call in self._pending:
+        jax.tree.map(lambda a: a.copy_to_host_async(), call.metrics)
       self._in_flight = self._pending
     self._pending = []
     return (self._record(window) for window in windows)  # read in turn: a bad one stops there
 
-  def _record(self, window) -> tuple[int, dict[str, Any]]:
-    """Means of a window's metrics (and over the seeds)."""
-    history = [(end - n + 1 + i, m) for end, n, call in window
-               for i, m in enumerate(self._unstack(n, parallel.to_host(call)))]
+  def _record(self, window: list[_Call]) -> tuple[int, dict[str, Any]]:
+    """Means of a window's metrics (and over the seeds), and its training speed."""
+    history = [(call.last_step - call.num_steps + 1 + i, m) for call in window
+               for i, m in enumerate(self._unstack(call.num_steps,
+                                                   parallel.to_host(call.metrics)))]
+    if window[-1].done is None:  # read to the host just now: it has finished
+      self._note_finished(through=window[-1])
     bad = _first_non_finite(history)
     if bad is not None:
       raise NonFiniteLossError(bad)
@@ -313,10 +420,20 @@ class _MetricsLog:
     if self._multi:  # each seed's own curve too (its window mean)
       record.update({f"{name}_per_seed": values.mean(axis=0).tolist()
                      for name, values in stacked.items()})
-    now, end = time.time(), window[-1][0]
-    record["steps_per_s"] = (end - self._last_read[1]) / max(now - self._last_read[0], 1e-9)
-    self._last_read = (now, end)
-    return end, record
+    return window[-1].last_step, {**record, **self._timing(window)}
+
+  def _timing(self, window: list[_Call]) -> dict[str, float]:
+    """``steps_per_s`` over the window's time less its pauses; the pauses' seconds by kind."""
+    end = window[-1].done
+    inside = [p for p in self._pauses if p.start < end]  # a pause lies between two calls
+    self._pauses = [p for p in self._pauses if p.start >= end]
+    training = end - self._window_start - sum(p.end - p.start for p in inside)
+    self._window_start = end
+    timing = {"steps_per_s": sum(call.num_steps for call in window) / max(training, 1e-9)}
+    for kind in ("eval", "checkpoint"):
+      timing[f"{kind}_s"] = sum((p.end - p.start for p in inside
+                                 if p.kind == kind and not p.reported), 0.0)
+    return timing
 
 
 @dataclasses.dataclass
@@ -389,7 +506,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   Returns the final train state and a summary: the last step and the evaluators' checkpointed
   values (the probe's: best validation accuracy, the test accuracy and step there), lists (one
   per seed) when num_seeds > 1.
+
+  ``workdir`` belongs to this run while it runs (:mod:`amr_jax.workdir_lock`): a run that finds
+  it held by a live run raises WorkdirLockError, having written nothing.
   """
+  config_lib.validate(config)  # bad input fails before the workdir is locked (or created)
+  check_workdir(config, workdir)
+  with workdir_lock.hold_for_run(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                        ) -> tuple[train_state_lib.TrainState, dict[str, Any]]:
+  """``train_and_evaluate`` once ``workdir`` is this run's."""
   run = set_up(config, workdir)
   evals, checkpointer, state_spec = run.evals, run.checkpointer, run.state_spec
   is_main = jax.process_index() == 0
@@ -418,7 +547,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                 run.init_state if restored is None else lambda: restored[1])
 
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=step)
-  log = _MetricsLog(step, config.num_seeds > 1, stepper.unstack)
+  log = _MetricsLog(config.num_seeds > 1, stepper.unstack)
   progress = tqdm.tqdm(total=config.num_train_steps, initial=step, disable=not is_main,
                        dynamic_ncols=True, desc="train")
   try:
@@ -434,24 +563,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         log.add(step, n, metrics)
         progress.update(n)
         is_last = step == config.num_train_steps
-        preempted = preemption.requested  # read once: a SIGTERM may land at any moment
+        preempted = preemption.reached()  # once per call: the same boundary on every process
         checkpoint_now = step % config.checkpoint_every == 0 or is_last or preempted
         eval_now = evaluators.any_due(evals, step, is_last)
         if step % config.log_every == 0 or checkpoint_now or eval_now:
           for end, record in log.read(everything=checkpoint_now or eval_now):
             if eval_now and end == step:
-              result = evaluators.run_due(evals, state, step, is_last)
-              record.update(_summarise(result.metrics))
-              writer.write_pictures(step, result.pictures)
+              with log.pause("eval", state, record):  # timed apart from training
+                result = evaluators.run_due(evals, state, step, is_last)
+                record.update(_summarise(result.metrics))
+                writer.write_pictures(step, result.pictures)
             writer.write(end, record)
             progress.set_postfix({k: f"{record[k]:.3g}" for k in
                                   ("d_loss", "g_loss", "recon", "probe_acc") if k in record})
         if checkpoint_now:
-          bad = bad_parts(state)
-          if bad:  # never let a non-finite state overwrite a good checkpoint
-            raise NonFiniteLossError(f"step {step}: non-finite values in the state's "
-                                     f"{', '.join(bad)}")
-          checkpointer.save(step, state, evaluators.merged_meta(evals))
+          with log.pause("checkpoint", state):  # in the next record: this one is written
+            bad = bad_parts(state)
+            if bad:  # never let a non-finite state overwrite a good checkpoint
+              raise NonFiniteLossError(f"step {step}: non-finite values in the state's "
+                                       f"{', '.join(bad)}")
+            checkpointer.save(step, state, evaluators.merged_meta(evals))
         if preempted:
           if is_main:
             print(f"SIGTERM: saved the checkpoint at step {step}; exiting", flush=True)

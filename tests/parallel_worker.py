@@ -2,7 +2,8 @@
 
   python tests/parallel_worker.py step OUT          # 4 CPU devices: one step on 1 vs 4 devices
   python tests/parallel_worker.py train OUT WORKDIR STEPS [COORD NPROC PID]
-      (AMR_TEST_NUM_SEEDS=N: N seeds side by side)
+      (AMR_TEST_NUM_SEEDS=N: N seeds side by side; AMR_TEST_BATCH_SIZE=B: the global batch;
+       AMR_TEST_KINK_FREE=1: tolerances.kink_free; AMR_TEST_EVALS=0: no evaluator)
 """
 
 import os
@@ -57,16 +58,24 @@ def one_step_on_1_and_4_devices(out):
 
 
 def train(out, workdir, steps, coordinator=None, num_processes=1, process_id=0):
-  """Trains the tiny config; AMR_TEST_NUM_SEEDS > 1 trains that many seeds side by side."""
+  """Trains the tiny config, changed by the AMR_TEST_* variables (see the module's docstring)."""
+  import ml_collections
   from amr_jax import parallel, train as train_lib
   from experiments.configs import tiny
+  from tests import tolerances
 
   if coordinator:
     parallel.initialize_distributed(coordinator, int(num_processes), int(process_id))
   config = tiny.get_config()
   config.num_train_steps = int(steps)
   config.num_seeds = int(os.environ.get("AMR_TEST_NUM_SEEDS", "1"))
-  config.evals.reconstruction = {"every": 0, "num_examples": 50}  # sharded, mapped over seeds
+  config.batch_size = int(os.environ.get("AMR_TEST_BATCH_SIZE", config.batch_size))
+  if os.environ.get("AMR_TEST_KINK_FREE") == "1":
+    tolerances.kink_free(config)
+  if os.environ.get("AMR_TEST_EVALS") == "0":
+    config.evals = ml_collections.ConfigDict()
+  else:
+    config.evals.reconstruction = {"every": 0, "num_examples": 50}  # sharded, mapped over seeds
   config.steps_per_call = int(os.environ.get("AMR_TEST_STEPS_PER_CALL", "1"))
   config.data.placement = os.environ.get("AMR_TEST_PLACEMENT", "host")
   state, summary = train_lib.train_and_evaluate(config, workdir)

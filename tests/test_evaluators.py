@@ -170,15 +170,13 @@ def test_results_of_two_evaluators_may_not_share_a_name():
 
 
 def tensorboard_tags(workdir):
-  """{plugin name: set of tags} in the run's TensorBoard event files."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tags = {}
-  for name in os.listdir(workdir / "tensorboard"):
-    for record in tf.data.TFRecordDataset(str(workdir / "tensorboard" / name)):
-      event = tf.compat.v1.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        tags.setdefault(value.metadata.plugin_data.plugin_name, set()).add(value.tag)
-  return tags
+  """{kind ("scalars", "images", ...): set of tags} in the run's TensorBoard event files, as
+  TensorBoard's reader sees them."""
+  # pylint: disable-next=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+  events.Reload()
+  return {kind: set(tags) for kind, tags in events.Tags().items() if isinstance(tags, list)}
 
 
 def test_each_evaluator_runs_at_its_own_period_and_pictures_reach_tensorboard(tmp_path):

@@ -129,3 +129,22 @@ def test_seeds_side_by_side_on_4_devices_with_device_data_and_two_steps_per_call
                              evals[1]["valid_probe_acc_per_seed"], atol=1.5 / 300)
   # Negative control: each seed against the other seed fails the same check.
   tolerances.assert_differs({k: v[::-1] for k, v in four.items()}, one)
+
+
+def test_cli_training_is_the_same_on_1_2_and_4_devices(tmp_path):
+  """``train_and_evaluate`` with a global batch of 16 on 1 device, 2 x 8 and 4 x 4 examples: the
+  same parameters and Adam moments after 4 steps (2 of them G's). Trained ``kink_free``: with
+  LeakyReLU's kink, one unit within rounding of 0 moves G's gradient by ~1e-2 on any two
+  programs, one device included (tests/tolerances.py)."""
+  env = {"AMR_TEST_BATCH_SIZE": "16", "AMR_TEST_KINK_FREE": "1", "AMR_TEST_EVALS": "0"}
+  states = {}
+  for devices in (1, 4, 2):
+    run_worker("train", tmp_path / f"d{devices}.npz", tmp_path / f"run{devices}", 4,
+               devices=devices, **env)
+    states[devices] = dict(np.load(tmp_path / f"d{devices}.npz"))
+  assert any("generator_opt" in name for name in states[1])
+  tolerances.assert_close(states[4], states[1])
+  tolerances.assert_close(states[2], states[1])
+  # Negative control: the 1-device run resumed for one more step (a step of G) fails the check.
+  run_worker("train", tmp_path / "five.npz", tmp_path / "run1", 5, devices=1, **env)
+  tolerances.assert_differs(dict(np.load(tmp_path / "five.npz")), states[1])

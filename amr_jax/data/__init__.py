@@ -5,7 +5,8 @@
 ``batch_indices(seed, step, ...)`` says which training examples form the batch at a step, as a
 pure function, so resumed runs see the same batches; ``Prefetcher`` builds them ahead in a
 background thread.
-``check_available`` tells, before anything compiles, whether ``load`` can get the data offline.
+``check_available`` tells, before anything compiles, whether ``load`` can get the data: prepared,
+built offline from its original files, or (``download=True``) downloaded by TFDS.
 """
 
 from __future__ import annotations

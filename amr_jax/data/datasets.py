@@ -32,7 +32,8 @@ the test set), following the paper's protocol (see docs: "Data and evaluation"):
 
 'spiral' and 'dsprites' are synthetic and always available. 'digits' is scikit-learn's 8x8
 digits (shipped with it, so always available, handy for tests and smoke runs); the others are
-TensorFlow Datasets, read or built offline by :mod:`amr_jax.data.tfds_source`.
+TensorFlow Datasets, read, built offline from their original files, or downloaded by
+:mod:`amr_jax.data.tfds_source`.
 """
 
 from __future__ import annotations
@@ -127,13 +128,16 @@ def _not_available(msg: str) -> ValueError:
 
 
 def check_available(name: str, *, manual_dir: str = "", data_dir: str = "",
-                    attributes: tuple[str, ...] = ()) -> None:
-  """Checks, without loading anything, that :func:`load` can get ``name`` offline.
+                    attributes: tuple[str, ...] = (), download: bool = False) -> None:
+  """Checks, without loading anything, that :func:`load` can get ``name``.
 
-  Meant to run before anything compiles. 'digits' is always available; a TFDS dataset is if it
-  is prepared in ``data_dir`` (TFDS's default when empty), or if ``manual_dir`` holds all of
-  its original files. For 'celeb_a' it also checks the ``attributes`` names (ignored for the
-  other datasets).
+  Meant to run before anything compiles. 'digits', 'spiral' and 'dsprites' are always
+  available; a TFDS dataset is if it is prepared in ``data_dir`` (TFDS's default when empty),
+  or if ``manual_dir`` holds all of its original files (an offline build: nothing is then
+  downloaded), or, with ``download``, if TFDS can download it here: TensorFlow is installed and
+  the hosts of its original files answer (one bounded request each, see
+  :func:`tfds_source.download_unavailable`). For 'celeb_a' it also checks the ``attributes``
+  names (ignored for the other datasets).
 
   Raises:
     ValueError: (one line) naming the offending field and value and how to provide the data.
@@ -146,7 +150,7 @@ def check_available(name: str, *, manual_dir: str = "", data_dir: str = "",
     raise _not_available(
         f"data.manual_dir={manual_dir!r} does not exist (needed for data.name={name!r}); "
         f"set it to a folder with the dataset's original files, or leave it empty to read a "
-        f"prepared copy from data.data_dir")
+        f"prepared copy from data.data_dir" + (" or to download it" if download else ""))
   builder = tfds_source.builder(name, data_dir)
   if name == "celeb_a":
     _celeba_attributes(builder, attributes)
@@ -158,31 +162,40 @@ def check_available(name: str, *, manual_dir: str = "", data_dir: str = "",
     if missing:
       raise _not_available(
           f"data.manual_dir={manual_dir!r} lacks {missing}, needed to build "
-          f"data.name={name!r}, which is not prepared in data_dir={shown_dir!r}; this machine "
-          f"cannot download them: copy those original files (byte-exact) into the folder")
+          f"data.name={name!r}, which is not prepared in data_dir={shown_dir!r}; a build from "
+          f"data.manual_dir downloads nothing: copy those original files (byte-exact) into the "
+          f"folder" + (", or leave data.manual_dir empty to let TFDS download the dataset"
+                       if download else ""))
     return
-  if name == "celeb_a":
-    raise _not_available(_celeba_not_prepared(builder, shown_dir))
-  raise _not_available(
-      f"data.name={name!r} is not prepared in data_dir={shown_dir!r} and data.manual_dir is "
-      f"empty; this machine cannot download it: prepare it with tfds on a machine with "
-      f"network (tfds build {name} --file_format=array_record) and copy "
-      f"~/tensorflow_datasets/{name} into data_dir, or set --config.data.manual_dir=DIR to a "
-      f"folder with its original files")
+  why = "data.download=False" if not download else tfds_source.download_unavailable(builder)
+  if why:
+    raise _not_available(_how_to_provide(name, builder, shown_dir, why))
 
 
-def _celeba_not_prepared(builder: Any, shown_dir: str) -> str:
-  """How to provide CelebA, which TFDS downloads from Google Drive."""
-  files = sorted((info.filename, info.size) for info in (builder.url_infos or {}).values()
-                 if info.filename)
-  listed = ", ".join(f"{n} ({int(size):,} bytes)" for n, size in files)
+def _how_to_provide(name: str, builder: Any, shown_dir: str, why: str) -> str:
+  """Why ``name`` cannot be had here, and both ways to provide it: download, or the originals."""
+  files = ", ".join(f"{n} ({size:,} bytes)" for n, size in tfds_source.original_files(builder))
+  source = " (TFDS fetches CelebA from Google Drive)" if name == "celeb_a" else ""
   return (
-      f"data.name='celeb_a' is not prepared in data_dir={shown_dir!r} and data.manual_dir is "
-      f"empty; this machine cannot download it (TFDS fetches CelebA from Google Drive): on a "
-      f"machine with network run `tfds build celeb_a --file_format=array_record` and copy "
-      f"~/tensorflow_datasets/celeb_a into data_dir (--config.data.data_dir=DIR), or set "
-      f"--config.data.manual_dir=DIR to a folder holding CelebA's original files, byte-exact "
-      f"(TFDS checks their sha256): {listed}; building from them here needs TensorFlow")
+      f"data.name={name!r} is not prepared in data_dir={shown_dir!r}, data.manual_dir is "
+      f"empty, and TFDS cannot download it here{source}: {why}. Either download it: with "
+      f"data.download=True (the default) on a machine with network and TensorFlow (pip install "
+      f"tensorflow-cpu), TFDS downloads and prepares it into data_dir; or prepare it on such a "
+      f"machine (tfds build {name} --file_format=array_record) and copy "
+      f"~/tensorflow_datasets/{name} into data_dir (--config.data.data_dir=DIR). Or build it "
+      f"offline: set --config.data.manual_dir=DIR to a folder holding its original files, "
+      f"byte-exact (TFDS checks their sha256): {files}; building needs TensorFlow")
+
+
+def _prepared(name: str, manual_dir: str, data_dir: str) -> Any:
+  """The TFDS builder of ``name``, prepared first if needed (from ``manual_dir``, else by a
+  download); :func:`check_available` has checked that one of them can work."""
+  try:
+    return tfds_source.ensure_prepared(name, data_dir, manual_dir=manual_dir)
+  except tfds_source.DownloadUnavailable as e:
+    shown_dir = data_dir or tfds_source.default_data_dir()
+    raise _not_available(_how_to_provide(name, tfds_source.builder(name, data_dir), shown_dir,
+                                         str(e))) from e
 
 
 def _celeba_attributes(builder: Any, attributes: tuple[str, ...]) -> tuple[str, ...]:
@@ -318,12 +331,8 @@ def _capped(order: np.ndarray, num: int, field: str, split: str) -> np.ndarray:
 
 def _load_celeba(seed: int, image_size: int, manual_dir: str, data_dir: str, num_valid: int,
                  num_train: int, attributes: tuple[str, ...]) -> Dataset:
-  builder = tfds_source.builder("celeb_a", data_dir)
+  builder = _prepared("celeb_a", manual_dir, data_dir)
   attributes = _celeba_attributes(builder, attributes)
-  if not builder.is_prepared():
-    # check_available has made sure manual_dir holds every original file.
-    tfds_source.prepare(builder, manual_dir, data_dir or tfds_source.default_data_dir())
-    builder = tfds_source.builder("celeb_a", data_dir)  # Re-read the metadata just written.
 
   def crop_and_resize(images: np.ndarray) -> np.ndarray:
     return image.resize_bilinear_uint8(image.center_crop(images, _CELEBA_CROP, _CELEBA_CROP),
@@ -357,11 +366,7 @@ def _load_celeba(seed: int, image_size: int, manual_dir: str, data_dir: str, num
 
 def _load_tfds(name: str, seed: int, image_size: int, manual_dir: str, data_dir: str,
                num_valid: int, num_train: int) -> Dataset:
-  builder = tfds_source.builder(name, data_dir)
-  if not builder.is_prepared():
-    # check_available has made sure manual_dir holds every original file.
-    tfds_source.prepare(builder, manual_dir, data_dir or tfds_source.default_data_dir())
-    builder = tfds_source.builder(name, data_dir)  # Re-read the metadata just written.
+  builder = _prepared(name, manual_dir, data_dir)
   features = builder.info.features
   num_classes = int(features["label"].num_classes)
   channels = int(features["image"].shape[-1])
@@ -386,7 +391,7 @@ def _load_tfds(name: str, seed: int, image_size: int, manual_dir: str, data_dir:
 
 def load(name: str, *, seed: int, image_size: int = 32, manual_dir: str = "",
          data_dir: str = "", num_valid: int = -1, num_train: int = -1,
-         attributes: tuple[str, ...] = ()) -> Dataset:
+         attributes: tuple[str, ...] = (), download: bool = False) -> Dataset:
   """Loads a dataset into memory: seeded train/valid split, resized, scaled to [-1, 1].
 
   Args:
@@ -400,7 +405,7 @@ def load(name: str, *, seed: int, image_size: int = 32, manual_dir: str = "",
       MNIST family, 8 -> 32 for digits, 32 stays as is, 'celeb_a' 178x178 crop -> 32 or 64);
       for 'spiral', the point dimension, which must be 2; 'dsprites' is 64 only.
     manual_dir: folder with the dataset's original files, to build it offline when it is not
-      prepared in ``data_dir``. Never downloads.
+      prepared in ``data_dir``; nothing is downloaded then.
     data_dir: TFDS data directory; empty means TFDS's default (~/tensorflow_datasets).
     num_valid: validation size when >= 0; otherwise the paper's (see module docstring).
     num_train: when >= 0, keep only the first ``num_train`` training examples of the seeded
@@ -413,6 +418,10 @@ def load(name: str, *, seed: int, image_size: int = 32, manual_dir: str = "",
       in ``attributes``, in this order (TFDS's names, e.g. 'Male', 'Smiling'; empty means
       :data:`CELEBA_DEFAULT_ATTRIBUTES`); the first is the label. 'dsprites' always has
       :data:`DSPRITES_ATTRIBUTES`.
+    download: a TFDS dataset that is neither prepared in ``data_dir`` nor given by
+      ``manual_dir`` is downloaded and prepared into ``data_dir`` (TFDS's usual
+      ``download_and_prepare``; one process at a time per data directory, see
+      :func:`tfds_source.ensure_prepared`). False never touches the network.
 
   Returns:
     A :class:`Dataset`; images (N, image_size, image_size, C) float32 ('spiral': (N, 2);
@@ -421,10 +430,11 @@ def load(name: str, *, seed: int, image_size: int = 32, manual_dir: str = "",
     by ``Dataset.attribute_names``.
 
   Raises:
-    ValueError: the data is not available offline (see :func:`check_available`) or the
+    ValueError: the data cannot be had here (see :func:`check_available`) or the
       requested split sizes do not fit.
   """
-  check_available(name, manual_dir=manual_dir, data_dir=data_dir, attributes=attributes)
+  check_available(name, manual_dir=manual_dir, data_dir=data_dir, attributes=attributes,
+                  download=download)
   if image_size <= 0:
     raise ValueError(f"image_size must be positive; got {image_size}")
   if name == "digits":

@@ -17,7 +17,7 @@ grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/ex
 # What amr_jax and tensorflow-datasets import and the image lacks (it has jax, flax, optax, chex,
 # orbax-checkpoint, numpy, scikit-learn, absl-py, etils, protobuf, pyarrow, six, wrapt, ...).
 for package in ml-collections tensorflow-datasets array-record dm-tree immutabledict \
-    simple-parsing docstring-parser tensorflow-metadata termcolor toml; do
+    simple-parsing docstring-parser tensorflow-metadata termcolor toml tensorboardX; do
   # shellcheck disable=SC2086
   python -m pip download -q --no-deps --only-binary=:all: --python-version "$python_version" \
     --implementation cp $platforms -d .whl "$package"

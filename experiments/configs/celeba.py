@@ -4,8 +4,9 @@ male, heavy makeup and wearing lipstick.
   python -m amr_jax.main --config=experiments/configs/celeba.py --workdir=runs/celeba \
       --config.data.data_dir=DIR_WITH_PREPARED_CELEB_A
 
-TFDS's celeb_a cannot be downloaded on a machine without network: prepare it elsewhere with
-`tfds build celeb_a` and copy ~/tensorflow_datasets/celeb_a (the run says how when it is absent).
+TFDS downloads celeb_a from Google Drive, which often refuses (quotas): otherwise prepare it
+with its original files in --config.data.manual_dir=DIR, or elsewhere with `tfds build celeb_a`
+and copy ~/tensorflow_datasets/celeb_a (README: "Getting the data").
 Faces are cropped and resized to 32x32; the probe predicts the first attribute (male).
 """
 

@@ -6,7 +6,12 @@ Rows (Table 3): dim=256 (default) or dim=1024; ae_gan, mixup (default), bern, mi
 mixup_k4, mixup_k6, mixup_k8, acai.
 """
 
-from experiments.configs import paper_rows
+import pathlib
+import sys
+
+if __package__ != "experiments.configs":  # loaded by path (--config=...) from any directory
+  sys.path.append(str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root
+from experiments.configs import paper_rows  # pylint: disable=g-import-not-at-top
 
 
 def get_config(arg: str | None = None):

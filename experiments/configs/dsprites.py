@@ -5,8 +5,8 @@
 Variants (the first word of the argument): beta_vae, ae_gan, mixup (default), bern, and
 supervised (supervised AMR conditioned on attributes made from the latent factors: x >= 16,
 y >= 16, scale >= 3). Options after it: k=N (sources), runlocal (small metrics and few steps,
-for a laptop). The images are generated procedurally (all 737,280, in the dataset's order),
-since TFDS's dsprites cannot be downloaded offline.
+for a laptop). The images are generated procedurally (all 737,280, in the dataset's order), so
+nothing is downloaded.
 """
 
 from amr_jax.config import base_config

@@ -5,7 +5,12 @@
 Rows (Table 1, dim 32): ae_gan, mixup (default), bern, mixup_k3, acai.
 """
 
-from experiments.configs import paper_rows
+import pathlib
+import sys
+
+if __package__ != "experiments.configs":  # loaded by path (--config=...) from any directory
+  sys.path.append(str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root
+from experiments.configs import paper_rows  # pylint: disable=g-import-not-at-top
 
 
 def get_config(arg: str | None = None):

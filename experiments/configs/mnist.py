@@ -2,11 +2,17 @@
 
   python -m amr_jax.main --config=experiments/configs/mnist.py:mixup --workdir=runs/mnist
 
-Rows (Table 1, dim 32): ae_gan, mixup (default), bern, mixup_k3, acai. Real MNIST builds offline
-from its four original files: --config.data.manual_dir=DIR.
+Rows (Table 1, dim 32): ae_gan, mixup (default), bern, mixup_k3, acai. TFDS downloads and
+prepares MNIST on the first run; offline it builds from its four original files with
+--config.data.manual_dir=DIR (README: "Getting the data").
 """
 
-from experiments.configs import paper_rows
+import pathlib
+import sys
+
+if __package__ != "experiments.configs":  # loaded by path (--config=...) from any directory
+  sys.path.append(str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root
+from experiments.configs import paper_rows  # pylint: disable=g-import-not-at-top
 
 
 def get_config(arg: str | None = None):

@@ -13,6 +13,7 @@ def get_config(arg: str | None = None):
   elif arg not in (None, "mixup"):
     raise ValueError(f"unknown tiny row {arg!r}; allowed: ae_gan, mixup, bern")
   config.data.name = "digits"
+  config.data.download = False  # Tests never download (one that sets a TFDS dataset, too).
   config.arch.width = 2
   config.batch_size = 8
   config.g_every = 2

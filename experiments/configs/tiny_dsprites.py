@@ -1,6 +1,11 @@
 """A tiny dSprites config for tests: a few steps and cheap disentanglement metrics."""
 
-from experiments.configs import dsprites
+import pathlib
+import sys
+
+if __package__ != "experiments.configs":  # loaded by path (--config=...) from any directory
+  sys.path.append(str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root
+from experiments.configs import dsprites  # pylint: disable=g-import-not-at-top
 
 
 def get_config(arg: str | None = None):
