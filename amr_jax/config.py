@@ -104,6 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.split_seed = 0  # the train/validation split: the same for every training seed
   config.data.num_valid = -1  # -1 = the dataset's default validation size
   config.data.num_train = -1  # -1 = all; else cap the training set (SVHN 1k/5k/... ablation)
+  # Which examples the cap keeps: 'seeded' = the first num_train of the split_seed permutation (a
+  # random subset; amr_jax's); 'first' = the first num_train of the stored training split, as
+  # the authors' --subset_train (np.arange(N), shuffled, all N kept). Both: every training seed.
+  config.data.train_subset = "seeded"
   config.data.attributes = ()  # celeb_a: the binary attributes supervised AMR conditions on
   # Where batches come from: 'device' places the training split on the devices once (sharded
   # over them) and gathers each batch there; 'host' sends each batch; 'auto': 'device' on
@@ -258,6 +262,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
           f"{expected_size} (the input size of arch.name={config.arch.name!r})")
   _number(config, "data.num_valid", minimum=-1, integer=True)
   _number(config, "data.num_train", minimum=-1, integer=True)
+  _one_of(config, "data.train_subset", data_lib.datasets.TRAIN_SUBSETS)
   if not isinstance(_get(config, "data.download"), bool):
     _fail("data.download", config.data.download, "True or False")
   from amr_jax.evaluators import common as evaluators  # pylint: disable=g-import-not-at-top

@@ -16,6 +16,12 @@ Every mixer has one signature, so they are interchangeable (like optax transform
 The weights never depend on the values of ``hs``, so ``grad`` of ``mixed`` with respect to ``hs``
 is exactly the weights. All mixers work under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 
+The randomness is exposed for code that must feed given draws (tests against another
+implementation, research code): each mixer is ``combine(hs, sample_<name>(key, hs.shape,
+hs.dtype))``, where the sampler draws the weights from the shape alone (:func:`get_sampler`),
+and :func:`partners` is ``stack_partners(h, permutations(key, B, k))``. Calling the pieces with
+the same key gives bit-for-bit the mixer's and :func:`partners`'s results.
+
 This module depends only on jax, so it can be copied into other projects.
 """
 
@@ -27,34 +33,60 @@ import jax
 import jax.numpy as jnp
 
 Mixer = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# sampler(key, shape of hs (k, B, *features), dtype) -> weights (k, B, *s) as the mixer returns.
+Sampler = Callable[..., jax.Array]
 
 __all__ = [
     "Mixer",
+    "Sampler",
     "partners",
+    "permutations",
+    "stack_partners",
+    "combine",
     "mixup",
     "mixup_per_channel",
     "bernoulli",
     "spatial",
+    "sample_mixup",
+    "sample_mixup_per_channel",
+    "sample_bernoulli",
+    "sample_spatial",
     "get",
+    "get_sampler",
     "names",
     "interpolate",
     "interpolate_channels",
 ]
 
 
-def _check_sources(hs: jax.Array) -> tuple[int, int, tuple[int, ...]]:
-  if hs.ndim < 3:
+def _check_shape(shape: tuple[int, ...]) -> tuple[int, int, tuple[int, ...]]:
+  """(k, B, features) of the sources' shape (k, B, *features), checked."""
+  shape = tuple(shape)
+  if len(shape) < 3:
     raise ValueError(
         f"hs must have shape (k, B, *features) with at least one feature axis; got shape "
-        f"{hs.shape}")
-  k = hs.shape[0]
+        f"{shape}")
+  k = shape[0]
   if k < 2:
-    raise ValueError(f"a mix needs k >= 2 sources; got k={k} (hs.shape={hs.shape})")
-  return k, hs.shape[1], hs.shape[2:]
+    raise ValueError(f"a mix needs k >= 2 sources; got k={k} (hs.shape={shape})")
+  return k, shape[1], shape[2:]
 
 
-def _combine(hs: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def combine(hs: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mixes sources with given weights: ``(sum(weights * hs, axis=0), weights)``.
+
+  Args:
+    hs: shape ``(k, B, *features)``.
+    weights: shape broadcasting against ``hs`` (as a sampler returns them); cast to hs's dtype.
+
+  Returns:
+    ``mixed`` of shape ``(B, *features)`` and the weights, as a mixer returns them.
+  """
+  _check_shape(hs.shape)
   weights = weights.astype(hs.dtype)
+  if weights.ndim != hs.ndim or any(w not in (1, n) for w, n in zip(weights.shape, hs.shape)):
+    raise ValueError(f"weights of shape {weights.shape} do not broadcast against sources of "
+                     f"shape {hs.shape}")
   return jnp.sum(weights * hs, axis=0), weights
 
 
@@ -67,6 +99,38 @@ def _simplex_weights(key: jax.Array, k: int, shape: tuple[int, ...], dtype) -> j
   return jnp.moveaxis(w, -1, 0)
 
 
+def permutations(key: jax.Array, batch: int, k: int) -> jax.Array:
+  """The draws of :func:`partners`: ``k - 1`` independent uniform permutations of the batch.
+
+  Args:
+    key: random key.
+    batch: batch size ``B``.
+    k: number of sources, ``k >= 2``.
+
+  Returns:
+    int32 indices of shape ``(k - 1, B)``; row ``i`` is the order of source ``i + 1``.
+  """
+  if k < 2:
+    raise ValueError(f"partners needs k >= 2 sources; got k={k}")
+  return jnp.stack([jax.random.permutation(sub, batch) for sub in jax.random.split(key, k - 1)])
+
+
+def stack_partners(h: jax.Array, perms: jax.Array) -> jax.Array:
+  """Stacks a batch with given re-orderings of itself.
+
+  Args:
+    h: shape ``(B, *features)``.
+    perms: integer indices of shape ``(k - 1, B)``, each row a permutation of ``range(B)``
+      (as :func:`permutations` draws them, or as another implementation drew them).
+
+  Returns:
+    ``hs`` of shape ``(k, B, *features)``: ``hs[0] == h`` and ``hs[i] == h[perms[i - 1]]``.
+  """
+  if perms.ndim != 2 or perms.shape[1] != h.shape[0]:
+    raise ValueError(f"perms must have shape (k - 1, B) with B={h.shape[0]}; got {perms.shape}")
+  return jnp.stack([h] + [h[p] for p in perms])
+
+
 def partners(key: jax.Array, h: jax.Array, k: int) -> jax.Array:
   """Stacks a batch with ``k - 1`` random re-orderings of itself.
 
@@ -77,13 +141,22 @@ def partners(key: jax.Array, h: jax.Array, k: int) -> jax.Array:
 
   Returns:
     ``hs`` of shape ``(k, B, *features)``: ``hs[0] == h`` and ``hs[i] == h[perm_i]`` for
-    independent uniform permutations ``perm_i`` of the batch (an example may meet itself).
+    independent uniform permutations ``perm_i`` of the batch (an example may meet itself);
+    ``stack_partners(h, permutations(key, B, k))``.
   """
-  if k < 2:
-    raise ValueError(f"partners needs k >= 2 sources; got k={k}")
-  batch = h.shape[0]
-  perms = [jax.random.permutation(sub, batch) for sub in jax.random.split(key, k - 1)]
-  return jnp.stack([h] + [h[p] for p in perms])
+  return stack_partners(h, permutations(key, h.shape[0], k))
+
+
+def sample_mixup(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """The weights :func:`mixup` draws for sources of ``shape`` ``(k, B, *features)``.
+
+  Returns:
+    shape ``(k, B, 1, ..., 1)``: ``[alpha, 1 - alpha]`` with ``alpha ~ U(0, 1)`` per example for
+    k=2, ``Dirichlet(1, ..., 1)`` per example for k>2.
+  """
+  k, batch, features = _check_shape(shape)
+  w = _simplex_weights(key, k, (batch,), dtype)
+  return w.reshape((k, batch) + (1,) * len(features))
 
 
 def mixup(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -91,6 +164,7 @@ def mixup(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   k=2: ``alpha ~ U(0, 1)`` per example, ``mixed = alpha*hs[0] + (1-alpha)*hs[1]``.
   k>2: weights ``~ Dirichlet(1, ..., 1)`` per example (Eq. 6 of the paper).
+  ``combine(hs, sample_mixup(key, hs.shape, hs.dtype))``.
 
   Args:
     key: random key.
@@ -99,13 +173,27 @@ def mixup(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
   Returns:
     ``mixed`` of shape ``(B, *features)`` and ``weights`` of shape ``(k, B, 1, ..., 1)``.
   """
-  k, batch, features = _check_sources(hs)
-  w = _simplex_weights(key, k, (batch,), hs.dtype)
-  return _combine(hs, w.reshape((k, batch) + (1,) * len(features)))
+  return combine(hs, sample_mixup(key, hs.shape, hs.dtype))
+
+
+def sample_mixup_per_channel(key: jax.Array, shape: tuple[int, ...],
+                             dtype=jnp.float32) -> jax.Array:
+  """The weights :func:`mixup_per_channel` draws for sources of ``shape`` ``(k, B, *features)``.
+
+  Returns:
+    shape ``(k, B, 1, ..., 1, C)``: a point of the simplex per example and channel (k=2:
+    ``[alpha, 1 - alpha]``, ``alpha ~ U(0, 1)``; k>2: ``Dirichlet(1, ..., 1)``).
+  """
+  k, batch, features = _check_shape(shape)
+  channels = features[-1]
+  w = _simplex_weights(key, k, (batch, channels), dtype)
+  return w.reshape((k, batch) + (1,) * (len(features) - 1) + (channels,))
 
 
 def mixup_per_channel(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Like :func:`mixup`, with a separate simplex point per example and channel.
+
+  ``combine(hs, sample_mixup_per_channel(key, hs.shape, hs.dtype))``.
 
   Args:
     key: random key.
@@ -115,10 +203,26 @@ def mixup_per_channel(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Arr
     ``mixed`` of shape ``(B, *features)`` and ``weights`` of shape ``(k, B, 1, ..., 1, C)``:
     constant over the spatial axes.
   """
-  k, batch, features = _check_sources(hs)
-  channels = features[-1]
-  w = _simplex_weights(key, k, (batch, channels), hs.dtype)
-  return _combine(hs, w.reshape((k, batch) + (1,) * (len(features) - 1) + (channels,)))
+  return combine(hs, sample_mixup_per_channel(key, hs.shape, hs.dtype))
+
+
+def sample_bernoulli(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """The one-hot weights :func:`bernoulli` draws for sources of ``shape`` ``(k, B, *features)``.
+
+  Returns:
+    shape ``(k, B, 1, ..., 1, C)``, values in {0, 1}: k=2, ``[m, 1 - m]`` with ``m ~ Bern(p)``
+    per example and channel and one ``p ~ U(0, 1)`` per call; k>2, a uniform choice of source
+    per example and channel.
+  """
+  k, batch, features = _check_shape(shape)
+  mask_shape = (batch,) + (1,) * (len(features) - 1) + (features[-1],)
+  if k == 2:
+    key_p, key_m = jax.random.split(key)
+    p = jax.random.uniform(key_p, (), dtype=dtype)
+    m = jax.random.bernoulli(key_m, p, mask_shape).astype(dtype)
+    return jnp.stack([m, 1.0 - m])
+  choice = jax.random.randint(key, mask_shape, 0, k)
+  return jnp.moveaxis(jax.nn.one_hot(choice, k, dtype=dtype), -1, 0)
 
 
 def bernoulli(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -127,6 +231,7 @@ def bernoulli(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
   k=2: one ``p ~ U(0, 1)`` per call (i.e. per minibatch), then a mask ``m ~ Bern(p)`` per example
   and channel, constant over the spatial axes; ``mixed = m*hs[0] + (1-m)*hs[1]``.
   k>2: each channel of each example comes from one source chosen uniformly among the k.
+  ``combine(hs, sample_bernoulli(key, hs.shape, hs.dtype))``.
 
   Args:
     key: random key.
@@ -136,17 +241,7 @@ def bernoulli(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``mixed`` of shape ``(B, *features)`` and one-hot ``weights`` (values in {0, 1}) of shape
     ``(k, B, 1, ..., 1, C)``.
   """
-  k, batch, features = _check_sources(hs)
-  mask_shape = (batch,) + (1,) * (len(features) - 1) + (features[-1],)
-  if k == 2:
-    key_p, key_m = jax.random.split(key)
-    p = jax.random.uniform(key_p, (), dtype=hs.dtype)
-    m = jax.random.bernoulli(key_m, p, mask_shape).astype(hs.dtype)
-    w = jnp.stack([m, 1.0 - m])
-  else:
-    choice = jax.random.randint(key, mask_shape, 0, k)
-    w = jnp.moveaxis(jax.nn.one_hot(choice, k, dtype=hs.dtype), -1, 0)
-  return _combine(hs, w)
+  return combine(hs, sample_bernoulli(key, hs.shape, hs.dtype))
 
 
 def _box_mask(key: jax.Array, batch: int, sizes: tuple[int, ...]) -> jax.Array:
@@ -173,6 +268,22 @@ def _box_mask(key: jax.Array, batch: int, sizes: tuple[int, ...]) -> jax.Array:
   return inside
 
 
+def sample_spatial(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """The one-hot weights :func:`spatial` draws for sources of ``shape`` ``(k, B, *features)``.
+
+  Returns:
+    shape ``(k, B, H, W, 1)`` (feature maps) or ``(k, B, D)`` (flat vectors), values in {0, 1}:
+    which source each cell of each example comes from.
+  """
+  k, batch, features = _check_shape(shape)
+  region = features[:-1] if len(features) > 1 else features
+  owner = jnp.zeros((batch,) + region, jnp.int32)  # which source each cell comes from
+  for source, sub in enumerate(jax.random.split(key, k - 1), start=1):
+    owner = jnp.where(_box_mask(sub, batch, region), source, owner)
+  w = jnp.moveaxis(jax.nn.one_hot(owner, k, dtype=dtype), -1, 0)
+  return w[..., None] if len(features) > 1 else w
+
+
 def spatial(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
   """CutMix in feature space: a rectangular region of the code comes from another source.
 
@@ -180,6 +291,7 @@ def spatial(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
   the spatial grid, all channels together; for flat vectors ``(D,)`` it is a contiguous block of
   features. The region's area fraction ~ U(0, 1) and its position is uniform, per example.
   k>2: starting from source 0, the region of each source 1..k-1 is pasted on top in turn.
+  ``combine(hs, sample_spatial(key, hs.shape, hs.dtype))``.
 
   Args:
     key: random key.
@@ -189,15 +301,7 @@ def spatial(key: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``mixed`` of shape ``(B, *features)`` and one-hot ``weights`` of shape ``(k, B, H, W, 1)``
     (feature maps) or ``(k, B, D)`` (flat vectors).
   """
-  k, batch, features = _check_sources(hs)
-  region = features[:-1] if len(features) > 1 else features
-  owner = jnp.zeros((batch,) + region, jnp.int32)  # which source each cell comes from
-  for source, sub in enumerate(jax.random.split(key, k - 1), start=1):
-    owner = jnp.where(_box_mask(sub, batch, region), source, owner)
-  w = jnp.moveaxis(jax.nn.one_hot(owner, k, dtype=hs.dtype), -1, 0)
-  if len(features) > 1:
-    w = w[..., None]
-  return _combine(hs, w)
+  return combine(hs, sample_spatial(key, hs.shape, hs.dtype))
 
 
 _MIXERS: dict[str, Mixer] = {
@@ -205,6 +309,12 @@ _MIXERS: dict[str, Mixer] = {
     "mixup_per_channel": mixup_per_channel,
     "bernoulli": bernoulli,
     "spatial": spatial,
+}
+_SAMPLERS: dict[str, Sampler] = {
+    "mixup": sample_mixup,
+    "mixup_per_channel": sample_mixup_per_channel,
+    "bernoulli": sample_bernoulli,
+    "spatial": sample_spatial,
 }
 
 
@@ -220,6 +330,13 @@ def get(name: str) -> Mixer:
     return _MIXERS[name]
   except (KeyError, TypeError):
     raise ValueError(f"unknown mixer {name!r}; allowed: {', '.join(_MIXERS)}") from None
+
+
+def get_sampler(name: str) -> Sampler:
+  """Returns the sampler of the mixer called ``name``: ``sample(key, hs_shape, dtype) ->
+  weights``, so that ``get(name)(key, hs) == combine(hs, sample(key, hs.shape, hs.dtype))``."""
+  get(name)  # the same error for an unknown name
+  return _SAMPLERS[name]
 
 
 def interpolate(h1: jax.Array, h2: jax.Array, num: int) -> jax.Array:

@@ -268,6 +268,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
       config.data.name, seed=config.data.split_seed, image_size=config.data.image_size,
       manual_dir=config.data.manual_dir, data_dir=config.data.data_dir,
       num_valid=config.data.num_valid, num_train=config.data.num_train,
+      train_subset=config.data.train_subset,
       attributes=tuple(config.data.attributes), download=config.data.download)
 
 

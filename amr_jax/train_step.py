@@ -21,6 +21,11 @@ G's terms through D (and the consistency term) are computed only on the steps wh
 the others need from G only the codes and the decoded images D trains on. On G's steps of the
 GAN models one D forward over [x, *fakes] serves both G's terms and D's loss (``shared_update``).
 
+Randomness: everything random in a step (the partners' permutations, the mixer's weights or
+masks, ACAI's alpha, the beta-VAE's noise, supervised AMR's draws) is a :class:`Draws`, drawn
+from the step's key by :func:`draw`, or given: ``train_step(state, batch, key, draws=...)``
+runs the step on draws from elsewhere (another implementation's, a test's).
+
 Where gradients stop: D's loss sees the generated images as constants (``stop_gradient``), so it
 sends nothing into G; G's loss differentiates through D but only G's parameters are updated, with
 D's spectral-norm state frozen; the probe reads ``stop_gradient(h)``, so it never trains the
@@ -30,7 +35,7 @@ encoder.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +51,89 @@ from amr_jax.train_state import TrainState
 # 'image': (B, H, W, C) in [-1, 1]; 'label': (B,) int32; 'attributes': (B, A) {0,1} (supervised)
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-TrainStep = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
+TrainStep = Callable[..., tuple[TrainState, Metrics]]
 
 ACAI_GAMMA = 0.2  # ACAI's regulariser interpolates x and dec(h) with this weight on x
+
+
+class Draws(NamedTuple):
+  """Every random draw of one train step; a model's unused fields are None.
+
+  ``B`` is the batch size, ``code`` the shape of a code ``h`` (``(B, H', W', C)``), ``C`` its
+  channels, ``A`` the number of attributes (supervised AMR).
+
+  Attributes:
+    permutations: 'amr' and 'acai': int32 ``(k - 1, B)``, the partners of the mix: source
+      ``i + 1`` is ``h[permutations[i]]`` (:func:`mixers.stack_partners`).
+    weights: 'amr' and 'acai': the mixer's weights ``(k, B, *s)`` as its sampler returns them
+      (:func:`mixers.get_sampler`; e.g. mixup ``(k, B, 1, 1, 1)``, Bernoulli masks
+      ``(k, B, 1, 1, C)``); ``mix = sum(weights * sources, axis=0)``. ACAI's alpha is
+      ``weights[0]``.
+    noise: 'beta_vae': float32 ``code``, standard normal: ``z = mean + exp(log_var / 2) * noise``.
+    sup_permutation: supervised AMR: int32 ``(B,)``, the partner of the learned mix.
+    sup_pick: supervised AMR: bool ``(B, A)``, True where the mixed label takes the example's own
+      attribute, False where its partner's (each ~ Bern(0.5)).
+    sup_uniform: supervised AMR with ``supervised.mask='sampled'``: float32 ``(B, C)`` ~ U(0, 1);
+      the sampled mask is ``sup_uniform < sigmoid(class_mixer(y_mix))``.
+  """
+  permutations: jax.Array | None = None
+  weights: jax.Array | None = None
+  noise: jax.Array | None = None
+  sup_permutation: jax.Array | None = None
+  sup_pick: jax.Array | None = None
+  sup_uniform: jax.Array | None = None
+
+
+def draw(config: ml_collections.ConfigDict, key: jax.Array, code: Any,
+         num_attributes: int = 0) -> Draws:
+  """The draws a train step makes from its ``key`` (pure: the same key, the same draws).
+
+  ``train_step(state, batch, key)`` equals ``train_step(state, batch, key, draws=draw(config,
+  key, h, A))`` bit for bit.
+
+  Args:
+    config: the step's validated config (model, mixer, k, supervised.*).
+    key: the step's key.
+    code: the codes ``h`` of the batch, or anything with their ``shape`` ``(B, *features)`` and
+      ``dtype`` (e.g. ``jax.ShapeDtypeStruct``): the mixer's weights are drawn in that dtype.
+    num_attributes: ``A``, the batch's attributes per example (supervised AMR only).
+
+  Returns:
+    :class:`Draws` with the fields the model uses.
+  """
+  model = config.model
+  shape, batch = tuple(code.shape), code.shape[0]
+  key_mix, key_sup, key_noise = jax.random.split(key, 3)
+  out = {}
+  if model == "beta_vae":
+    out["noise"] = jax.random.normal(key_noise, shape)
+  if model in ("amr", "acai"):
+    key_partners, key_weights = jax.random.split(key_mix)
+    out["permutations"] = mixers.permutations(key_partners, batch, config.k)
+    out["weights"] = mixers.get_sampler(config.mixer)(key_weights, (config.k,) + shape,
+                                                      code.dtype)
+  if model == "amr" and config.supervised.enabled:
+    if num_attributes < 1:
+      raise ValueError(f"supervised AMR draws need num_attributes >= 1; got {num_attributes}")
+    key_partners, key_labels, key_mask = jax.random.split(key_sup, 3)
+    out["sup_permutation"] = mixers.permutations(key_partners, batch, 2)[0]
+    out["sup_pick"] = jax.random.bernoulli(key_labels, 0.5, (batch, num_attributes))
+    if config.supervised.mask == "sampled":
+      out["sup_uniform"] = jax.random.uniform(key_mask, (batch, shape[-1]), jnp.float32)
+  return Draws(**out)
+
+
+def _check_draws(given: Draws, expected: Draws) -> None:
+  """Raises ValueError naming the first field of ``given`` whose presence or shape differs."""
+  if not isinstance(given, Draws):
+    raise ValueError(f"draws must be a train_step.Draws; got {type(given).__name__}")
+  for name, want, got in zip(Draws._fields, expected, given):
+    if (want is None) != (got is None):
+      raise ValueError(f"draws.{name} must be {'None' if want is None else 'given'} for this "
+                       f"config; got {'None' if got is None else jnp.shape(got)}")
+    if want is not None and tuple(jnp.shape(got)) != tuple(want.shape):
+      raise ValueError(f"draws.{name} must have shape {tuple(want.shape)}; got "
+                       f"{tuple(jnp.shape(got))}")
 
 
 def to_image(decoded: jax.Array, recon_loss: str) -> jax.Array:
@@ -73,7 +158,8 @@ def _bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networks,
                     optimizers: train_state_lib.Optimizers) -> TrainStep:
-  """Builds ``train_step(state, batch, key) -> (state, metrics)`` from a validated config.
+  """Builds ``train_step(state, batch, key, update_generator=None, draws=None) -> (state,
+  metrics)`` from a validated config (``draws``: see :class:`Draws` and :func:`draw`).
 
   Every choice in the config is static (Python), so the config never enters the jitted function.
   The caller jits the result (see ``amr_jax.parallel``) and derives ``key`` from the step.
@@ -82,7 +168,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
   mixing = model in ("amr", "acai")
   supervised = model == "amr" and config.supervised.enabled
   uses_discriminator = model != "beta_vae"
-  mixer = mixers.get(config.mixer)
+  mixers.get(config.mixer)  # an unknown mixer fails here, before anything is traced
   lamb, beta = float(config.lamb), float(config.beta)
   g_every = int(config.g_every)
   gan = lambda logits, real: losses.gan(config.gan_loss, logits, real)
@@ -107,39 +193,48 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     attributes = dict(zip(names, jnp.split(attributes, len(names)))) if supervised else None
     return logits, attributes
 
-  def supervised_mix(generator, h, attributes, key):
+  def supervised_mix(generator, h, attributes, draws):
     """The learned mix of section 2.2: returns (mix_sup, y_mix, mask)."""
-    key_partners, key_labels, key_mask = jax.random.split(key, 3)
-    h_partner = mixers.partners(key_partners, h, 2)[1]
-    y_partner = mixers.partners(key_partners, attributes, 2)[1]  # same key: same permutation
+    h_partner = h[draws.sup_permutation]
+    y_partner = attributes[draws.sup_permutation]  # the same partner
     # The conditioning label is itself a mix: each attribute from one of the two examples.
-    pick = jax.random.bernoulli(key_labels, 0.5, attributes.shape)
-    y_mix = jnp.where(pick, attributes, y_partner).astype(jnp.float32)
+    y_mix = jnp.where(draws.sup_pick.astype(bool), attributes, y_partner).astype(jnp.float32)
     probability = jax.nn.sigmoid(nets.class_mixer.apply({"params": generator["mixer"]}, y_mix))
     if config.supervised.mask == "sampled":
-      sample = jax.random.bernoulli(key_mask, probability).astype(jnp.float32)
+      # jax.random.bernoulli(key, p) is uniform(key, p.shape, p.dtype) < p: the same sample.
+      sample = (draws.sup_uniform < probability).astype(jnp.float32)
       mask = probability + jax.lax.stop_gradient(sample - probability)  # straight-through
     else:
       mask = probability
     m = mask.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + (h.shape[-1],))
     return m * h + (1.0 - m) * h_partner, y_mix, mask
 
-  def generator_loss(generator, state, batch, key, for_update=True, shared_d=False):
+  def step_draws(key, h, batch, draws):
+    """``draws`` checked against this config's, or drawn from ``key`` when None."""
+    num_attributes = batch["attributes"].shape[-1] if supervised else 0
+    if draws is None:
+      return draw(config, key, h, num_attributes)
+    _check_draws(draws, jax.eval_shape(
+        lambda: draw(config, jax.random.key(0), h, num_attributes)))
+    return draws
+
+  def generator_loss(generator, state, batch, key, for_update=True, shared_d=False, draws=None):
     """G's loss. Returns (total, (terms, h, fakes, extras)); fakes are decoded images for D.
 
     ``for_update=False`` (a step where G does not step): only what D and the probe need, the
     codes and the decoded images, plus the reconstruction term; the terms through D and the
     consistency term are skipped (nothing would use them) and ``total`` is incomplete.
     ``shared_d`` (GAN models): D's forward also judges x and advances its spectral state, and
-    ``extras['discriminator']`` hands (outputs, spectral state) on to D's loss (shared_update)."""
+    ``extras['discriminator']`` hands (outputs, spectral state) on to D's loss (shared_update).
+    ``draws``: the step's :class:`Draws`; None draws them from ``key``."""
     x = batch["image"]
-    key_mix, key_sup, key_noise = jax.random.split(key, 3)
     raw = nets.encoder.apply({"params": generator["encoder"]}, x)
     terms, extras = {}, {}
     if model == "beta_vae":
       mean, log_var = jnp.split(raw, 2, axis=-1)
       h = mean
-      z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key_noise, mean.shape)
+      draws = step_draws(key, h, batch, draws)
+      z = mean + jnp.exp(0.5 * log_var) * draws.noise
       x_rec_raw = nets.decoder.apply({"params": generator["decoder"]}, z)
       # Sums over pixels and code dimensions (mean over the batch): the scale beta-VAE's beta
       # is defined on.
@@ -151,17 +246,18 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
       return total, (terms, h, {}, extras)
 
     h = raw
+    draws = step_draws(key, h, batch, draws)
     x_rec_raw = nets.decoder.apply({"params": generator["decoder"]}, h)
     terms["recon"] = losses.reconstruction(config.recon_loss, x_rec_raw, x)
     total = lamb * terms["recon"]
     fakes = {"rec": to_image(x_rec_raw, config.recon_loss)}
     if mixing:
-      key_partners, key_weights = jax.random.split(key_mix)
-      h_mix, weights = mixer(key_weights, mixers.partners(key_partners, h, config.k))
+      h_mix, weights = mixers.combine(mixers.stack_partners(h, draws.permutations),
+                                      draws.weights)
       fakes["mix"] = decode(generator, h_mix)
       extras["alpha"] = weights[0].reshape(-1)  # weight of source 0 (ACAI's coefficient)
     if supervised:
-      h_sup, y_mix, mask = supervised_mix(generator, h, batch["attributes"], key_sup)
+      h_sup, y_mix, mask = supervised_mix(generator, h, batch["attributes"], draws)
       fakes["sup"] = decode(generator, h_sup)
       extras["y_mix"], extras["mask"] = y_mix, mask
       channels = mask.shape[-1]
@@ -252,13 +348,13 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     logits = nets.probe.apply({"params": probe}, jax.lax.stop_gradient(h))
     return losses.classification(logits, labels)
 
-  def generator_update(state, batch, key):
+  def generator_update(state, batch, key, draws):
     (loss, aux), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-        state.generator, state, batch, key)
+        state.generator, state, batch, key, draws=draws)
     updates, opt = optimizers.generator.update(grads, state.generator_opt, state.generator)
     return optax.apply_updates(state.generator, updates), opt, loss, aux
 
-  def shared_update(state, batch, key):
+  def shared_update(state, batch, key, draws):
     """G's and D's gradients on a G step from one D forward over [x, *fakes]: G's loss reads
     its outputs on the fakes (D's parameters held), D's loss all of them (the fakes held). The
     same as generator_update followed by discriminator_loss's gradient, one D forward over the
@@ -266,7 +362,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     spectral state, metrics)."""
     def both_losses(generator, discriminator):
       g_loss, (terms, h, fakes, extras) = generator_loss(
-          generator, state.replace(discriminator=discriminator), batch, key, shared_d=True)
+          generator, state.replace(discriminator=discriminator), batch, key, shared_d=True,
+          draws=draws)
       out, spectral = extras.pop("discriminator")
       d_loss, d_metrics = gan_discriminator_loss(out, list(fakes), batch)
       return (g_loss, d_loss), ((terms, h, fakes, extras), spectral, d_metrics)
@@ -280,12 +377,18 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     return ((optax.apply_updates(state.generator, updates), opt, g_loss, aux),
             (d_loss, d_grads, spectral, d_metrics))
 
-  def generator_forward_only(state, batch, key, for_update=False):
-    loss, aux = generator_loss(state.generator, state, batch, key, for_update=for_update)
+  def generator_forward_only(state, batch, key, draws, for_update=False):
+    loss, aux = generator_loss(state.generator, state, batch, key, for_update=for_update,
+                               draws=draws)
     return state.generator, state.generator_opt, loss, aux
 
-  def train_step(state: TrainState, batch: Batch, key: jax.Array,
-                 update_generator: bool | None = None) -> tuple[TrainState, Metrics]:
+  def train_step(state: TrainState, batch: Batch, key: jax.Array | None,
+                 update_generator: bool | None = None,
+                 draws: Draws | None = None) -> tuple[TrainState, Metrics]:
+    # ``draws``: the step's random draws (see Draws); None draws them from ``key`` (draw()),
+    # given, ``key`` is not used.
+    if key is None and draws is None:
+      raise ValueError("train_step needs a key, or draws to use instead")
     # Generator: every g_every-th step (counting from 0) it takes a gradient step; in between
     # it only runs forward to produce the images D trains on. The training loop says which
     # (``update_generator``, static: one compiled step per case); left None, a ``lax.cond`` on
@@ -298,17 +401,18 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     shared = update_generator is True and model in ("amr", "ae_gan")
     if shared:
       g_updated = jnp.asarray(True)
-      (generator, generator_opt, g_loss, aux), d_step = shared_update(state, batch, key)
+      (generator, generator_opt, g_loss, aux), d_step = shared_update(state, batch, key, draws)
     elif update_generator is None:
       # Both branches of a cond return the same structure: here the full loss is computed.
       g_updated = state.step % g_every == 0
       generator, generator_opt, g_loss, aux = jax.lax.cond(
           g_updated, generator_update,
-          functools.partial(generator_forward_only, for_update=True), state, batch, key)
+          functools.partial(generator_forward_only, for_update=True), state, batch, key, draws)
     else:
       g_updated = jnp.asarray(update_generator)
       generator, generator_opt, g_loss, aux = (
-          generator_update if update_generator else generator_forward_only)(state, batch, key)
+          generator_update if update_generator else generator_forward_only)(
+              state, batch, key, draws)
     terms, h, fakes, extras = aux
     metrics = {"g_updated": g_updated.astype(jnp.float32), **terms}
     if update_generator is not False:

@@ -84,6 +84,67 @@ def test_digits_num_valid_and_num_train():
     data.load("digits", seed=0, image_size=8, num_valid=1500)
 
 
+def _stored_positions(raw_images: np.ndarray, raw_labels: np.ndarray, split: data.Split
+                      ) -> list[int]:
+  """Positions in the stored dataset of a split's examples, ascending (duplicates, which cannot
+  be told apart, take the lowest free positions)."""
+  left = _rows(split)
+  positions = []
+  for i, (x, y) in enumerate(zip(raw_images, raw_labels)):
+    if left[(int(y), x.tobytes())] > 0:
+      left[(int(y), x.tobytes())] -= 1
+      positions.append(i)
+  assert not +left  # every example found
+  return positions
+
+
+@pytest.mark.parametrize("split_seed", [0, 5])
+def test_digits_first_train_subset_is_the_first_examples_of_the_stored_split(split_seed):
+  from sklearn.datasets import load_digits
+  raw = load_digits()
+  images = (raw.images[..., None].astype(np.float32) / 8 - 1).astype(np.float32)
+  load = lambda **kw: data.load("digits", seed=split_seed, image_size=8, num_valid=100, **kw)
+  full, first, seeded = load(), load(num_train=50, train_subset="first"), load(num_train=50)
+  # The 50 training examples that come first in the stored dataset, in that order, whatever
+  # order the split seed gave the training split; validation and test as without a cap.
+  expected = _stored_positions(images, raw.target, full.train)[:50]
+  np.testing.assert_array_equal(first.train.images, images[expected])
+  np.testing.assert_array_equal(first.train.labels, raw.target[expected])
+  for name in ("valid", "test"):
+    np.testing.assert_array_equal(getattr(first, name).images, getattr(full, name).images)
+  # Negative control: the seeded cap keeps another subset (a random one of the same split).
+  assert _rows(seeded.train) != _rows(first.train)
+  assert _rows(seeded.train) == _rows(data.Split(full.train.images[:50], full.train.labels[:50]))
+
+
+def test_first_train_subset_ignores_the_order_of_the_training_split():
+  from amr_jax.data import datasets
+  order = np.random.default_rng(0).permutation(40)
+  shuffled = np.concatenate([order[:10], np.random.default_rng(1).permutation(order[10:])])
+  # Same validation set, the training part in two orders: 'first' keeps the same examples.
+  for o in (order, shuffled):
+    train, valid = datasets._train_valid_indices(o, 10, 7, "first")
+    np.testing.assert_array_equal(train, np.sort(order[10:])[:7])
+    np.testing.assert_array_equal(valid, order[:10])
+  seeded = [datasets._train_valid_indices(o, 10, 7, "seeded")[0] for o in (order, shuffled)]
+  assert not np.array_equal(np.sort(seeded[0]), np.sort(seeded[1]))  # negative control
+  # No cap: every training example, whichever rule.
+  np.testing.assert_array_equal(datasets._train_valid_indices(order, 10, -1, "first")[0],
+                                order[10:])
+  with pytest.raises(ValueError, match="train_subset"):
+    datasets._train_valid_indices(order, 10, 7, "last")
+
+
+def test_train_subset_config_field_is_validated():
+  from amr_jax import config as config_lib
+  config = config_lib.base_config()
+  config.data.train_subset = "random"
+  with pytest.raises(config_lib.ConfigError, match="data.train_subset.*'seeded', 'first'"):
+    config_lib.validate(config, check_data=False)
+  config.data.train_subset = "first"
+  config_lib.validate(config, check_data=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # resizing
 

@@ -276,6 +276,63 @@ def test_partners_with_one_key_permute_any_array_alike():
     np.testing.assert_array_equal(ys[i], labels[p])
 
 
+# ---- the randomness as data: samplers, permutations, combine
+
+
+@every_mixer
+@layouts
+@grid
+def test_mixer_is_its_sampler_then_combine(name, layout, k):
+  hs, mixed, w = _mix(name, layout, k)
+  key = jax.random.key(0)  # the key _mix used
+  sampled = mixers.get_sampler(name)(key, hs.shape, hs.dtype)
+  chex.assert_shape(sampled, w.shape)
+  np.testing.assert_array_equal(sampled, w)  # the same draws, bit for bit
+  again, w_again = mixers.combine(jnp.asarray(hs), sampled)
+  np.testing.assert_array_equal(again, mixed)
+  np.testing.assert_array_equal(w_again, w)
+  # Negative control: other given weights (another key's) give another mix.
+  other = mixers.get_sampler(name)(jax.random.key(1), hs.shape, hs.dtype)
+  assert not np.array_equal(mixers.combine(jnp.asarray(hs), other)[0], mixed)
+
+
+def test_combine_takes_weights_from_elsewhere():
+  # E.g. another implementation's alpha (B,) for k=2: weights [alpha, 1 - alpha], per example.
+  hs = _sources("nhwc", 2)
+  alpha = np.random.default_rng(3).uniform(size=B).astype(np.float32)
+  w = np.stack([alpha, 1 - alpha]).reshape(2, B, 1, 1, 1)
+  mixed, _ = mixers.combine(jnp.asarray(hs), jnp.asarray(w))
+  expected = alpha[:, None, None, None] * hs[0] + (1 - alpha[:, None, None, None]) * hs[1]
+  tolerances.assert_close(mixed, expected)
+  with pytest.raises(ValueError, match="do not broadcast"):
+    mixers.combine(jnp.asarray(hs), jnp.ones((2, B + 1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("k", (2, 5))
+def test_partners_are_stack_partners_of_permutations(k):
+  h = jnp.asarray(_sources("nhwc", 2)[0])
+  key = jax.random.key(4)
+  perms = mixers.permutations(key, B, k)
+  chex.assert_shape(perms, (k - 1, B))
+  assert jnp.issubdtype(perms.dtype, jnp.integer)
+  for p in np.asarray(perms):
+    np.testing.assert_array_equal(np.sort(p), np.arange(B))
+  np.testing.assert_array_equal(mixers.stack_partners(h, perms), mixers.partners(key, h, k))
+  # Given permutations are used as given (and others give other partners).
+  given = jnp.asarray(np.stack([np.roll(np.arange(B), i + 1) for i in range(k - 1)]))
+  hs = mixers.stack_partners(h, given)
+  for i in range(k - 1):
+    np.testing.assert_array_equal(hs[i + 1], np.asarray(h)[np.asarray(given[i])])
+  assert not np.array_equal(hs, mixers.partners(key, h, k))
+  with pytest.raises(ValueError, match="perms must have shape"):
+    mixers.stack_partners(h, given[:, :-1])
+
+
+def test_get_sampler_unknown_name_lists_allowed_mixers():
+  with pytest.raises(ValueError, match="unknown mixer 'cutout'; allowed: mixup"):
+    mixers.get_sampler("cutout")
+
+
 # ---- determinism, transforms
 
 

@@ -230,3 +230,115 @@ def test_supervised_mixer_mask_shape_and_range(mask_kind):
   grads = jax.grad(lambda g: step.generator_loss(g, state, batch, jax.random.key(7))[0])(
       state.generator)
   assert any(np.any(g != 0) for g in jax.tree.leaves(grads["mixer"]))
+
+
+# ---- the step's random draws as an argument (train_step.Draws)
+
+
+def _code(nets, config, state, batch):
+  return train_step_lib.code(nets, config, state.generator["encoder"], batch["image"])
+
+
+@pytest.mark.parametrize("overrides,update_generator", [
+    (dict(), True),  # G's step through the shared D forward
+    (dict(), False),  # a D-only step
+    (dict(model="acai", g_every=1), True),
+    (dict(mixer="bernoulli", k=3, g_every=1), True),
+    (dict(model="beta_vae", g_every=1, recon_loss="bce"), True),
+    (dict(supervised__enabled=True, supervised__mask="sampled", g_every=1,
+          data__name="celeb_a"), True),
+])
+def test_step_with_its_keys_draws_is_the_step_with_the_key(overrides, update_generator):
+  config = tiny_config(**overrides)
+  config_lib.validate(config, check_data=False)
+  attributes = 3 if config.supervised.enabled else 0
+  nets, state, step, batch = setup(config, num_attributes=attributes)
+  key = jax.random.key(21)
+  draws = train_step_lib.draw(config, key, _code(nets, config, state, batch), attributes)
+  mixing = config.model in ("amr", "acai")
+  latent = (BATCH, 4, 4, 2)
+  if mixing:
+    chex.assert_shape(draws.permutations, (config.k - 1, BATCH))
+    chex.assert_shape(draws.weights, (config.k, BATCH, 1, 1, 2) if config.mixer == "bernoulli"
+                      else (config.k, BATCH, 1, 1, 1))
+  if config.model == "beta_vae":
+    chex.assert_shape(draws.noise, latent)
+  if config.supervised.enabled:
+    chex.assert_shape([draws.sup_permutation, draws.sup_pick, draws.sup_uniform],
+                      [(BATCH,), (BATCH, attributes), (BATCH, 2)])
+  used = {"permutations": mixing, "weights": mixing, "noise": config.model == "beta_vae",
+          "sup_permutation": config.supervised.enabled, "sup_pick": config.supervised.enabled,
+          "sup_uniform": config.supervised.enabled}
+  assert {name: value is not None for name, value in draws._asdict().items()} == used
+
+  jitted = jax.jit(step, static_argnums=3)
+  with_key = jitted(state, batch, key, update_generator)
+  given = jitted(state, batch, None, update_generator, draws)
+  # Bit for bit: the step draws exactly what draw() draws from its key.
+  for a, b in zip(jax.tree.leaves(with_key), jax.tree.leaves(given)):
+    np.testing.assert_array_equal(a, b)
+
+  # Negative control: other given draws (every used field changed) give another state.
+  other = {}
+  if mixing:
+    other["permutations"] = jnp.roll(draws.permutations, 1, axis=-1)
+    other["weights"] = draws.weights[::-1]
+  if config.model == "beta_vae":
+    other["noise"] = -draws.noise
+  if config.supervised.enabled:
+    other.update(sup_permutation=jnp.roll(draws.sup_permutation, 1),
+                 sup_pick=~draws.sup_pick, sup_uniform=1.0 - draws.sup_uniform)
+  for name, value in other.items():
+    changed_state, _ = jitted(state, batch, None, update_generator,
+                              draws._replace(**{name: value}))
+    assert changed(with_key[0], changed_state), name
+
+
+def test_draw_derives_every_draw_from_the_key_as_the_step_always_has():
+  # The key's use is the contract the loop's results rest on (resuming bit for bit, seeds):
+  # split(key, 3) -> (mix, supervised, noise); mix -> (partners, weights); partners -> k-1.
+  config = tiny_config(k=3, mixer="bernoulli")
+  key = jax.random.key(8)
+  code = jax.ShapeDtypeStruct((BATCH, 4, 4, 2), jnp.float32)
+  draws = train_step_lib.draw(config, key, code)
+  key_partners, key_weights = jax.random.split(jax.random.split(key, 3)[0])
+  perms = [jax.random.permutation(sub, BATCH) for sub in jax.random.split(key_partners, 2)]
+  np.testing.assert_array_equal(draws.permutations, np.stack(perms))
+  np.testing.assert_array_equal(
+      draws.weights, mixers.bernoulli(key_weights, jnp.zeros((3,) + code.shape))[1])
+  other = train_step_lib.draw(config, jax.random.key(9), code)  # negative control
+  assert not np.array_equal(other.permutations, draws.permutations)
+
+
+def test_given_alpha_is_the_acai_critics_alpha():
+  # Draws from elsewhere (e.g. the authors' code: a permutation and alpha ~ U(0, 1) per example).
+  config = tiny_config(model="acai", g_every=1)
+  nets, state, step, batch = setup(config)
+  rng = np.random.default_rng(2)
+  alpha = rng.uniform(size=BATCH).astype(np.float32)
+  perm = rng.permutation(BATCH)
+  draws = train_step_lib.Draws(
+      permutations=jnp.asarray(perm[None]),
+      weights=jnp.asarray(np.stack([alpha, 1 - alpha]).reshape(2, BATCH, 1, 1, 1)))
+  _, (_, h, fakes, extras) = step.generator_loss(state.generator, state, batch, None,
+                                                 draws=draws)
+  np.testing.assert_array_equal(extras["alpha"], alpha)
+  h = np.asarray(h)
+  mix = alpha[:, None, None, None] * h + (1 - alpha[:, None, None, None]) * h[perm]
+  decoded = train_step_lib.to_image(
+      nets.decoder.apply({"params": state.generator["decoder"]}, jnp.asarray(mix)),
+      config.recon_loss)
+  tolerances.assert_close(fakes["mix"], decoded)
+  tolerances.assert_differs(fakes["mix"], fakes["rec"])  # negative control
+
+
+def test_given_draws_of_the_wrong_shape_fail_naming_the_field():
+  config = tiny_config()
+  nets, state, step, batch = setup(config)
+  draws = train_step_lib.draw(config, jax.random.key(0), _code(nets, config, state, batch))
+  with pytest.raises(ValueError, match=r"draws.permutations must have shape \(1, 8\)"):
+    step(state, batch, None, True, draws._replace(permutations=draws.permutations[:, :4]))
+  with pytest.raises(ValueError, match="draws.noise must be None"):
+    step(state, batch, None, True, draws._replace(noise=jnp.zeros((BATCH, 4, 4, 2))))
+  with pytest.raises(ValueError, match="needs a key, or draws"):
+    step(state, batch, None, True)

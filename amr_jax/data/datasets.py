@@ -50,11 +50,15 @@ from amr_jax.data import image
 from amr_jax.data import spiral
 from amr_jax.data import tfds_source
 
-__all__ = ["DATASETS", "CELEBA_DEFAULT_ATTRIBUTES", "DSPRITES_ATTRIBUTES", "Split", "Dataset",
-           "load", "check_available"]
+__all__ = ["DATASETS", "TRAIN_SUBSETS", "CELEBA_DEFAULT_ATTRIBUTES", "DSPRITES_ATTRIBUTES",
+           "Split", "Dataset", "load", "check_available"]
 
 DATASETS = ("digits", "mnist", "kmnist", "fashion_mnist", "svhn_cropped", "cifar10", "spiral",
             "dsprites", "celeb_a")
+
+# How a num_train cap picks its examples (see load): 'seeded' (amr_jax's) or 'first' (the
+# authors' --subset_train).
+TRAIN_SUBSETS = ("seeded", "first")
 
 # CelebA attributes used when none are requested; the first one is the label.
 CELEBA_DEFAULT_ATTRIBUTES = ("Male", "Heavy_Makeup", "Wearing_Lipstick")
@@ -223,20 +227,28 @@ def _num_valid(name: str, num_available: int, num_valid: int) -> int:
   return num_valid
 
 
-def _train_valid_indices(order: np.ndarray, num_valid: int,
-                         num_train: int) -> tuple[np.ndarray, np.ndarray]:
+def _subset(train: np.ndarray, num_train: int, train_subset: str) -> np.ndarray:
+  """The training indices a cap keeps: the first ``num_train`` of the seeded order ('seeded'),
+  or the ``num_train`` lowest positions of the stored split ('first'); all when negative."""
+  if train_subset not in TRAIN_SUBSETS:
+    raise ValueError(f"data.train_subset={train_subset!r}; allowed: {', '.join(TRAIN_SUBSETS)}")
+  if num_train < 0:
+    return train
+  return (np.sort(train) if train_subset == "first" else train)[:num_train]
+
+
+def _train_valid_indices(order: np.ndarray, num_valid: int, num_train: int,
+                         train_subset: str = "seeded") -> tuple[np.ndarray, np.ndarray]:
   """Splits a permutation into (train, valid) index arrays.
 
   Validation comes first, so capping the training set (``num_train >= 0``) never changes the
   validation set: runs of an ablation over training-set sizes are compared on the same one.
   """
   valid, train = order[:num_valid], order[num_valid:]
-  if num_train >= 0:
-    if num_train > len(train):
-      raise ValueError(f"data.num_train={num_train} is more than the {len(train)} training "
-                       f"examples left after {num_valid} validation examples")
-    train = train[:num_train]
-  return train, valid
+  if num_train > len(train):
+    raise ValueError(f"data.num_train={num_train} is more than the {len(train)} training "
+                     f"examples left after {num_valid} validation examples")
+  return _subset(train, num_train, train_subset), valid
 
 
 def _to_split(images: np.ndarray, labels: np.ndarray, image_size: int, lo: float,
@@ -250,7 +262,8 @@ def _to_split(images: np.ndarray, labels: np.ndarray, image_size: int, lo: float
   return Split(images=x, labels=labels.astype(np.int32))
 
 
-def _load_digits(seed: int, image_size: int, num_valid: int, num_train: int) -> Dataset:
+def _load_digits(seed: int, image_size: int, num_valid: int, num_train: int,
+                 train_subset: str) -> Dataset:
   from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
   digits = sk_datasets.load_digits()
   images = digits.images.reshape(-1, 8, 8, 1)  # (1797, 8, 8, 1), values 0..16
@@ -258,7 +271,8 @@ def _load_digits(seed: int, image_size: int, num_valid: int, num_train: int) -> 
   # One permutation gives all three splits: test first, then validation, then train.
   order = np.random.default_rng(seed).permutation(len(labels))
   test, rest = order[:_DIGITS_TEST], order[_DIGITS_TEST:]
-  train, valid = _train_valid_indices(rest, _num_valid("digits", len(rest), num_valid), num_train)
+  train, valid = _train_valid_indices(rest, _num_valid("digits", len(rest), num_valid), num_train,
+                                      train_subset)
 
   def split(idx: np.ndarray) -> Split:
     return _to_split(images[idx], labels[idx], image_size, 0.0, 16.0)
@@ -288,7 +302,8 @@ def _load_spiral(seed: int, image_size: int, num_valid: int, num_train: int) -> 
                  num_classes=spiral.NUM_SEGMENTS, image_channels=2)
 
 
-def _load_dsprites(seed: int, image_size: int, num_valid: int, num_train: int) -> Dataset:
+def _load_dsprites(seed: int, image_size: int, num_valid: int, num_train: int,
+                   train_subset: str) -> Dataset:
   if image_size != dsprites.IMAGE_SIZE:
     raise ValueError(f"image_size={image_size} is not allowed for 'dsprites': its images are "
                      f"{dsprites.IMAGE_SIZE}x{dsprites.IMAGE_SIZE} (set data.image_size=64)")
@@ -296,7 +311,7 @@ def _load_dsprites(seed: int, image_size: int, num_valid: int, num_train: int) -
   order = np.random.default_rng(seed).permutation(dsprites.num_images())
   test, rest = order[:_DSPRITES_TEST], order[_DSPRITES_TEST:]
   train, valid = _train_valid_indices(rest, _num_valid("dsprites", len(rest), num_valid),
-                                      num_train)
+                                      num_train, train_subset)
 
   def split(idx: np.ndarray) -> Split:
     factors = dsprites.index_to_factors(idx).astype(np.int32)
@@ -319,18 +334,17 @@ def _dsprites_attributes(factors: np.ndarray) -> np.ndarray:
                   axis=-1).astype(np.float32)
 
 
-def _capped(order: np.ndarray, num: int, field: str, split: str) -> np.ndarray:
-  """The first ``num`` of ``order`` when ``num >= 0``, else all of it."""
-  if num < 0:
-    return order
+def _capped(order: np.ndarray, num: int, field: str, split: str,
+            subset: str = "seeded") -> np.ndarray:
+  """The ``num`` examples of ``order`` a cap keeps (see :func:`_subset`); all when negative."""
   if num > len(order):
     raise ValueError(f"data.{field}={num} is more than the {len(order)} examples of CelebA's "
                      f"official {split} split")
-  return order[:num]
+  return _subset(order, num, subset)
 
 
 def _load_celeba(seed: int, image_size: int, manual_dir: str, data_dir: str, num_valid: int,
-                 num_train: int, attributes: tuple[str, ...]) -> Dataset:
+                 num_train: int, attributes: tuple[str, ...], train_subset: str) -> Dataset:
   builder = _prepared("celeb_a", manual_dir, data_dir)
   attributes = _celeba_attributes(builder, attributes)
 
@@ -345,7 +359,7 @@ def _load_celeba(seed: int, image_size: int, manual_dir: str, data_dir: str, num
   # and a smaller cap keeps a prefix of a larger one. The test split is read whole, in order.
   rng = np.random.default_rng(seed)
   train = _capped(rng.permutation(tfds_source.num_examples(builder, "train")), num_train,
-                  "num_train", "train")
+                  "num_train", "train", train_subset)
   valid = _capped(rng.permutation(tfds_source.num_examples(builder, "validation")), num_valid,
                   "num_valid", "validation")
   if not len(train):
@@ -365,7 +379,7 @@ def _load_celeba(seed: int, image_size: int, manual_dir: str, data_dir: str, num
 
 
 def _load_tfds(name: str, seed: int, image_size: int, manual_dir: str, data_dir: str,
-               num_valid: int, num_train: int) -> Dataset:
+               num_valid: int, num_train: int, train_subset: str) -> Dataset:
   builder = _prepared(name, manual_dir, data_dir)
   features = builder.info.features
   num_classes = int(features["label"].num_classes)
@@ -374,7 +388,7 @@ def _load_tfds(name: str, seed: int, image_size: int, manual_dir: str, data_dir:
   train_images, train_labels = tfds_source.read_split(builder, "train")
   order = np.random.default_rng(seed).permutation(len(train_labels))
   train, valid = _train_valid_indices(
-      order, _num_valid(name, len(train_labels), num_valid), num_train)
+      order, _num_valid(name, len(train_labels), num_valid), num_train, train_subset)
   test_images, test_labels = tfds_source.read_split(builder, "test")
 
   def split(images: np.ndarray, labels: np.ndarray) -> Split:
@@ -391,7 +405,8 @@ def _load_tfds(name: str, seed: int, image_size: int, manual_dir: str, data_dir:
 
 def load(name: str, *, seed: int, image_size: int = 32, manual_dir: str = "",
          data_dir: str = "", num_valid: int = -1, num_train: int = -1,
-         attributes: tuple[str, ...] = (), download: bool = False) -> Dataset:
+         train_subset: str = "seeded", attributes: tuple[str, ...] = (),
+         download: bool = False) -> Dataset:
   """Loads a dataset into memory: seeded train/valid split, resized, scaled to [-1, 1].
 
   Args:
@@ -414,6 +429,13 @@ def load(name: str, *, seed: int, image_size: int = 32, manual_dir: str = "",
       num_train gives a prefix of a larger one. For 'celeb_a', num_valid (default: all
       19,867) and num_train cap seeded permutations of the official validation and train
       splits.
+    train_subset: which ``num_train`` examples a cap keeps. 'seeded': the first ``num_train``
+      of the seeded permutation, a random subset fixed by ``seed``. 'first': the ``num_train``
+      training examples that come first in the stored split (the official training split in
+      TFDS's order, validation examples set aside as usual), like the authors'
+      ``--subset_train`` (``np.arange(N)`` shuffled, then all N kept: the first N of their
+      training split whatever their ``--seed``). Either way the subset is the same for every
+      training seed. 'spiral' ignores it (its points are generated: a cap is a prefix).
     attributes: 'celeb_a' only (ignored otherwise): names of the CelebA attributes to return
       in ``attributes``, in this order (TFDS's names, e.g. 'Male', 'Smiling'; empty means
       :data:`CELEBA_DEFAULT_ATTRIBUTES`); the first is the label. 'dsprites' always has
@@ -438,15 +460,17 @@ def load(name: str, *, seed: int, image_size: int = 32, manual_dir: str = "",
   if image_size <= 0:
     raise ValueError(f"image_size must be positive; got {image_size}")
   if name == "digits":
-    ds = _load_digits(seed, image_size, num_valid, num_train)
+    ds = _load_digits(seed, image_size, num_valid, num_train, train_subset)
   elif name == "spiral":
     ds = _load_spiral(seed, image_size, num_valid, num_train)
   elif name == "dsprites":
-    ds = _load_dsprites(seed, image_size, num_valid, num_train)
+    ds = _load_dsprites(seed, image_size, num_valid, num_train, train_subset)
   elif name == "celeb_a":
-    ds = _load_celeba(seed, image_size, manual_dir, data_dir, num_valid, num_train, attributes)
+    ds = _load_celeba(seed, image_size, manual_dir, data_dir, num_valid, num_train, attributes,
+                      train_subset)
   else:
-    ds = _load_tfds(name, seed, image_size, manual_dir, data_dir, num_valid, num_train)
+    ds = _load_tfds(name, seed, image_size, manual_dir, data_dir, num_valid, num_train,
+                    train_subset)
   logging.info("Loaded %s: train %d, valid %d, test %d, images %s", name, len(ds.train),
                len(ds.valid), len(ds.test), ds.train.images.shape[1:])
   return ds
