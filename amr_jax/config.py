@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.beta = 0.0  # weight of the consistency loss recon(enc(dec(mix)), mix); 0 turns it off
   config.g_every = 5  # the generator steps once every g_every iterations (authors: 5)
   config.kl_weight = 4.0  # beta_vae only: the beta of beta-VAE (named apart from `beta`)
+  # beta_vae only: what the encoder's second half is: 'log_var' (the log-variance) or 'std'
+  # (the authors' models/vae.py: the Normal's scale itself, unconstrained; KL 0.5 (s^2 + mu^2 -
+  # 1 - log s^2)). Their beta on a KL averaged over code dims is kl_weight = beta / latent_dim.
+  config.vae_scale = "log_var"
   config.acai = ml_collections.ConfigDict()
   config.acai.variant = "berthelot"  # or 'amr_authors' (BCE targets; see reference.md)
   config.acai.advweight = 0.5
@@ -47,7 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.supervised.mask_eps = 1e-4  # keeps masks from collapsing to all-one or all-zero
   config.recon_loss = "l1"
   config.consistency_loss = "l1"
+  # 'bce_clamped': the authors' (PyTorch's BCELoss on the sigmoid: no gradient where it saturates)
   config.gan_loss = "bce"
+  # How D runs in an iteration: 'batched' (one forward over every image D judges, its power
+  # iteration advanced once per forward) or 'per_term' (the authors': one forward per loss term,
+  # in their order, each advancing it; also G's side on steps where G does not step).
+  config.discriminator_calls = "batched"
 
   config.batch_size = 64  # global batch, split over all devices of all hosts
   # Training steps per jitted call (lax.scan): on accelerators, one dispatch per K steps instead
@@ -79,7 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.arch.init = "flax"  # or 'authors': their Initializer (networks.py)
   config.arch.input_conv_padding = 0  # authors: 1 (the 1x1 input conv grows 32 to 34 pixels)
   config.arch.spectral_input_conv = True  # authors: False (D's 1x1 input conv unnormalised)
-  config.arch.spectral_power_iterations = 1  # per D forward; authors: 5 per iteration
+  # Per D forward. The authors: 1 per forward, 5 forwards per AMR iteration (AUTHORS_MODEL: 5
+  # in one batched forward; AUTHORS_EXACT: 1 in each of 5 forwards).
+  config.arch.spectral_power_iterations = 1
+  # dsprites64 only: the last layer's output times this is the logit; 2 with recon_loss='bce'
+  # is the authors' Tanh decoder (tanh(u) = 2 sigmoid(2 u) - 1) with their parameters.
+  config.arch.decoder_logit_scale = 1.0
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-4  # G and D
@@ -128,6 +142,16 @@ AUTHORS_MODEL = {
     "arch.spectral_input_conv": False,
     "arch.spectral_power_iterations": 5,
 }
+# AUTHORS_MODEL with their iteration too: D called once per loss term, its power iteration
+# advanced one step per call, and their GAN loss (amr_jax.losses.bce_clamped).
+AUTHORS_EXACT = {
+    **AUTHORS_MODEL,
+    "arch.spectral_power_iterations": 1,
+    "discriminator_calls": "per_term",
+    "gan_loss": "bce_clamped",
+}
+DISCRIMINATOR_CALLS = ("batched", "per_term")
+VAE_SCALES = ("log_var", "std")
 
 
 class ConfigError(ValueError):
@@ -194,6 +218,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "beta", minimum=0)
   _number(config, "g_every", minimum=1, integer=True)
   _number(config, "kl_weight", minimum=0)
+  _one_of(config, "vae_scale", VAE_SCALES)
   _one_of(config, "acai.variant", ("berthelot", "amr_authors"))
   _number(config, "acai.advweight", minimum=0)
   if not isinstance(_get(config, "supervised.enabled"), bool):
@@ -213,6 +238,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _one_of(config, "recon_loss", losses.RECONSTRUCTION)
   _one_of(config, "consistency_loss", ("l1", "l2"))
   _one_of(config, "gan_loss", losses.GAN)
+  _one_of(config, "discriminator_calls", DISCRIMINATOR_CALLS)
+  if config.discriminator_calls == "per_term" and (config.model == "beta_vae"
+                                                   or config.supervised.enabled):
+    _fail("discriminator_calls", "per_term", "'batched' for "
+          + ("model='beta_vae' (it has no D)" if config.model == "beta_vae" else
+             "supervised AMR (not implemented: the authors' code has no such model)"))
   _number(config, "seed", minimum=0, integer=True)
   _number(config, "num_seeds", minimum=1, integer=True)
   _one_of(config, "seed_batching", SEED_BATCHING)
@@ -232,6 +263,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "arch.latent_dim", minimum=1, integer=True)
   _number(config, "arch.leaky_slope", minimum=0)
   _one_of(config, "arch.compute_dtype", ("float32", "bfloat16"))
+  _number(config, "arch.decoder_logit_scale", minimum=0, strict=True)
+  if config.arch.decoder_logit_scale != 1.0 and (config.arch.name != "dsprites64"
+                                                 or config.recon_loss != "bce"):
+    _fail("arch.decoder_logit_scale", config.arch.decoder_logit_scale,
+          "1.0 unless arch.name='dsprites64' with recon_loss='bce'")
   for field in ("arch.instance_norm", "arch.spectral_input_conv"):
     if not isinstance(_get(config, field), bool):
       _fail(field, _get(config, field), "True or False")

@@ -8,6 +8,9 @@ networks' shapes. ``--evals`` names evaluators (:mod:`amr_jax.evaluators`); each
 options from ``config.evals`` when the config has an entry for it, else its defaults. The result,
 one value per seed for each metric, is printed as a JSON line and appended to
 ``DIR/evaluations.jsonl``.
+
+``--authors_checkpoint=FILE`` evaluates a model the AMR authors' code saved: it is converted
+(:mod:`amr_jax.from_authors`) into ``DIR``, which must hold no checkpoint, first.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The run's experiment config.", lock_config=False)
 flags.DEFINE_string("workdir", None, "The run's workdir (its checkpoints are read, not changed).")
 flags.DEFINE_list("evals", ["frozen_probe"], "Evaluators to run (names in amr_jax/evaluators).")
+flags.DEFINE_string("authors_checkpoint", None, "A file the AMR authors' save() wrote: imported "
+                    "into --workdir (which must hold no checkpoint) first, then evaluated.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -71,6 +76,16 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
+    if FLAGS.authors_checkpoint:
+      import pickle  # pylint: disable=g-import-not-at-top
+      from amr_jax import from_authors  # pylint: disable=g-import-not-at-top
+      from amr_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+      try:
+        step = from_authors.import_checkpoint(FLAGS.config, FLAGS.authors_checkpoint,
+                                              FLAGS.workdir)
+      except (ValueError, pickle.UnpicklingError, OSError, workdir_lock.WorkdirLockError) as e:
+        raise config_lib.ConfigError(str(e)) from None
+      print(f"imported the authors' model as the checkpoint at step {step}", flush=True)
     result = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.evals)
   except (config_lib.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

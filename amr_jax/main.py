@@ -23,6 +23,9 @@ flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi
                     "('auto' on TPU pods / SLURM); also JAX_COORDINATOR_ADDRESS.")
 flags.DEFINE_integer("num_processes", 0, "Processes in a multi-host run (JAX_NUM_PROCESSES).")
 flags.DEFINE_integer("process_id", -1, "This process's index (JAX_PROCESS_ID).")
+flags.DEFINE_string("authors_checkpoint", None, "A file the AMR authors' save() wrote: imported "
+                    "into an empty --workdir, then trained on; ignored (one log line) when the "
+                    "workdir already has checkpoints, so a restarted run resumes its own.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,6 +47,8 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   try:
+    if FLAGS.authors_checkpoint:
+      _import_authors(FLAGS.config, FLAGS.authors_checkpoint, FLAGS.workdir)
     _, summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (config_lib.ConfigError, train.NonFiniteLossError, workdir_lock.WorkdirLockError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -56,6 +61,22 @@ def main(argv):
                f"{summary['best_step']}), test probe acc there "
                f"{summary['test_probe_acc_at_best']:.4f}")
     print(line)
+
+
+def _import_authors(config, authors_checkpoint: str, workdir: str) -> None:
+  """Converts the authors' saved model into ``workdir`` unless it already has checkpoints."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from amr_jax import from_authors  # pylint: disable=g-import-not-at-top
+  if from_authors.has_checkpoints(workdir):
+    logging.warning("--authors_checkpoint ignored: %s already has checkpoints; resuming them",
+                    workdir)
+    return
+  try:
+    step = from_authors.import_checkpoint(config, authors_checkpoint, workdir)
+  except (ValueError, pickle.UnpicklingError, OSError) as e:
+    raise config_lib.ConfigError(str(e)) from None
+  print(f"imported the authors' model as the checkpoint at step {step}", flush=True)
 
 
 if __name__ == "__main__":

@@ -299,10 +299,15 @@ class Encoder64(nn.Module):
 
 
 class Decoder64(nn.Module):
-  """dSprites decoder, the encoder's mirror. (B, latent_dim) -> (B, 64, 64, image_channels)."""
+  """dSprites decoder, the encoder's mirror. (B, latent_dim) -> (B, 64, 64, image_channels).
+
+  ``logit_scale`` multiplies the last layer's output: 2 with BCE makes the decoder the authors'
+  (their Tanh output t = tanh(u) is read as the probability (t + 1) / 2 = sigmoid(2 u)), with
+  their parameters and so their optimiser steps."""
   image_channels: int = 1
   channels: int = 32
   hidden: int = 256
+  logit_scale: float = 1.0
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
@@ -320,8 +325,9 @@ class Decoder64(nn.Module):
     for _ in range(3):
       x = nn.relu(nn.ConvTranspose(self.channels, (4, 4), strides=(2, 2), padding="SAME",
                                    dtype=self.dtype, param_dtype=self.param_dtype)(x))
-    return nn.ConvTranspose(self.image_channels, (4, 4), strides=(2, 2), padding="SAME",
-                            dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    x = nn.ConvTranspose(self.image_channels, (4, 4), strides=(2, 2), padding="SAME",
+                         dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return x if self.logit_scale == 1.0 else self.logit_scale * x
 
 
 class Discriminator64(nn.Module):
@@ -416,7 +422,8 @@ def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
           latent_channels: int = 2, latent_dim: int = 10, instance_norm: bool = True,
           leaky_slope: float = 0.01, dtype: Dtype | None = None, variational: bool = False,
           num_attributes: int = 0, init: str = "flax", input_conv_padding: int = 0,
-          spectral_input_conv: bool = True, spectral_power_iterations: int = 1) -> Networks:
+          spectral_input_conv: bool = True, spectral_power_iterations: int = 1,
+          decoder_logit_scale: float = 1.0) -> Networks:
   """The networks of a named architecture.
 
   ``acai32`` uses ``width``, ``latent_channels``, ``instance_norm`` and ``leaky_slope``
@@ -433,8 +440,11 @@ def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
   D's normalised convs and the probe), ``input_conv_padding`` (their 1), ``spectral_input_conv``
   (their False) and ``spectral_power_iterations`` per D forward (theirs: one per forward, 5 per
   AMR iteration).
+  ``decoder_logit_scale`` (dsprites64 only): see Decoder64 (the authors' Tanh decoder: 2).
   """
   _check_arch(arch)
+  if arch != "dsprites64" and decoder_logit_scale != 1.0:
+    raise ValueError(f"decoder_logit_scale is an option of dsprites64, not {arch!r}")
   if arch != "acai32" and (init, input_conv_padding, spectral_input_conv,
                            spectral_power_iterations) != ("flax", 0, True, 1):
     raise ValueError(f"init, input_conv_padding, spectral_input_conv and "
@@ -472,7 +482,8 @@ def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
   else:
     nets = Networks(
         encoder=Encoder64(latent_dim=factor * latent_dim, dtype=dtype),
-        decoder=Decoder64(image_channels=image_channels, dtype=dtype),
+        decoder=Decoder64(image_channels=image_channels, logit_scale=decoder_logit_scale,
+                          dtype=dtype),
         discriminator=Discriminator64(dtype=dtype, num_attributes=num_attributes),
         probe=Probe(num_classes, dtype=dtype),
     )

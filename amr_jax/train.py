@@ -66,7 +66,8 @@ def build_networks(config: ml_collections.ConfigDict, dataset: data_lib.Dataset
       num_attributes=num_attributes(config, dataset), init=config.arch.init,
       input_conv_padding=config.arch.input_conv_padding,
       spectral_input_conv=config.arch.spectral_input_conv,
-      spectral_power_iterations=config.arch.spectral_power_iterations)
+      spectral_power_iterations=config.arch.spectral_power_iterations,
+      decoder_logit_scale=config.arch.get("decoder_logit_scale", 1.0))
 
 
 def num_attributes(config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> int:

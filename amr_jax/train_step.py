@@ -21,6 +21,15 @@ G's terms through D (and the consistency term) are computed only on the steps wh
 the others need from G only the codes and the decoded images D trains on. On G's steps of the
 GAN models one D forward over [x, *fakes] serves both G's terms and D's loss (``shared_update``).
 
+How D is called (``config.discriminator_calls``): 'batched' runs one D forward over all the images
+of a loss, its spectral norm's power iteration advanced ``arch.spectral_power_iterations`` times
+per forward. 'per_term' calls D as the authors' code does, once per loss term in their order,
+each call advancing the power iteration from where the previous one left it and normalising with
+its own estimate: G's side D(dec(h)), D(dec(mix)) (ACAI: D(dec(mix)) only), then D's side D(x),
+D(dec(h)), D(dec(mix)), 5 calls per AMR iteration (AE+GAN 4: the authors' --disable_mix still
+judges a mix on G's side, then leaves it out of G's loss; ACAI 4). G's side calls D also on the
+steps where G does not step; what nothing uses there only advances the power iteration.
+
 Randomness: everything random in a step (the partners' permutations, the mixer's weights or
 masks, ACAI's alpha, the beta-VAE's noise, supervised AMR's draws) is a :class:`Draws`, drawn
 from the step's key by :func:`draw`, or given: ``train_step(state, batch, key, draws=...)``
@@ -54,6 +63,8 @@ Metrics = dict[str, jax.Array]
 TrainStep = Callable[..., tuple[TrainState, Metrics]]
 
 ACAI_GAMMA = 0.2  # ACAI's regulariser interpolates x and dec(h) with this weight on x
+# The authors' order of D's calls on the decoded images (reconstructions, mixes, learned mixes).
+FAKE_ORDER = ("rec", "mix", "sup")
 
 
 class Draws(NamedTuple):
@@ -69,7 +80,8 @@ class Draws(NamedTuple):
       (:func:`mixers.get_sampler`; e.g. mixup ``(k, B, 1, 1, 1)``, Bernoulli masks
       ``(k, B, 1, 1, C)``); ``mix = sum(weights * sources, axis=0)``. ACAI's alpha is
       ``weights[0]``.
-    noise: 'beta_vae': float32 ``code``, standard normal: ``z = mean + exp(log_var / 2) * noise``.
+    noise: 'beta_vae': float32 ``code``, standard normal: ``z = mean + exp(log_var / 2) * noise``
+      (``vae_scale='std'``: ``z = mean + scale * noise``).
     sup_permutation: supervised AMR: int32 ``(B,)``, the partner of the learned mix.
     sup_pick: supervised AMR: bool ``(B, A)``, True where the mixed label takes the example's own
       attribute, False where its partner's (each ~ Bern(0.5)).
@@ -168,10 +180,15 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
   mixing = model in ("amr", "acai")
   supervised = model == "amr" and config.supervised.enabled
   uses_discriminator = model != "beta_vae"
+  per_term = config.discriminator_calls == "per_term"
+  # 'per_term': D's calls on G's side of the authors' iteration (see the module docstring).
+  generator_side_calls = 1 if model == "acai" else 2
   mixers.get(config.mixer)  # an unknown mixer fails here, before anything is traced
   lamb, beta = float(config.lamb), float(config.beta)
   g_every = int(config.g_every)
   gan = lambda logits, real: losses.gan(config.gan_loss, logits, real)
+  # ACAI's 'amr_authors' critic is a BCE as the authors compute it under 'bce_clamped'.
+  acai_bce = losses.bce_clamped if config.gan_loss == "bce_clamped" else _bce
 
   def decode(generator, h):
     return to_image(nets.decoder.apply({"params": generator["decoder"]}, h), config.recon_loss)
@@ -185,6 +202,28 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     out, new_vars = nets.discriminator.apply(variables, images, update_stats=True,
                                              mutable=[networks_lib.SPECTRAL])
     return out, new_vars[networks_lib.SPECTRAL]
+
+  def judge(state, groups):
+    """D's outputs on image groups (concatenated in order) and its new spectral state: one
+    forward over all of them ('batched'), or one per group ('per_term'), each advancing the power
+    iteration from the state the previous one left and normalising with its own estimate."""
+    if not per_term:
+      return discriminate(state, jnp.concatenate(groups), update_stats=True)
+    outs, spectral = [], state.spectral
+    for images in groups:
+      out, spectral = discriminate(state.replace(spectral=spectral), images, update_stats=True)
+      outs.append(out)
+    return jnp.concatenate(outs), spectral
+
+  def advance_power_iteration(state, image_shape, calls):
+    """The spectral state after ``calls`` D forwards whose outputs nothing uses ('per_term').
+    The power iteration does not depend on the images, so D runs on one blank image and its
+    output is dropped: under jit XLA removes the convolutions as dead code."""
+    blank = jnp.zeros((1, *image_shape), jnp.float32)
+    spectral = state.spectral
+    for _ in range(calls):
+      _, spectral = discriminate(state.replace(spectral=spectral), blank, update_stats=True)
+    return spectral
 
   def split_outputs(out, names):
     """Splits D's outputs on a concatenation of image groups back into named groups."""
@@ -226,22 +265,31 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     consistency term are skipped (nothing would use them) and ``total`` is incomplete.
     ``shared_d`` (GAN models): D's forward also judges x and advances its spectral state, and
     ``extras['discriminator']`` hands (outputs, spectral state) on to D's loss (shared_update).
-    ``draws``: the step's :class:`Draws`; None draws them from ``key``."""
+    ``draws``: the step's :class:`Draws`; None draws them from ``key``.
+    With 'per_term' D calls, ``extras['spectral']`` is D's spectral state after G's side, where
+    D's loss starts from."""
     x = batch["image"]
     raw = nets.encoder.apply({"params": generator["encoder"]}, x)
     terms, extras = {}, {}
     if model == "beta_vae":
-      mean, log_var = jnp.split(raw, 2, axis=-1)
+      mean, spread = jnp.split(raw, 2, axis=-1)
       h = mean
       draws = step_draws(key, h, batch, draws)
-      z = mean + jnp.exp(0.5 * log_var) * draws.noise
+      if config.vae_scale == "std":  # the authors': the Normal's scale, of either sign
+        variance = jnp.square(spread)
+        log_var = jnp.log(variance)
+        z = mean + spread * draws.noise
+      else:
+        log_var = spread
+        variance = jnp.exp(log_var)
+        z = mean + jnp.exp(0.5 * log_var) * draws.noise
       x_rec_raw = nets.decoder.apply({"params": generator["decoder"]}, z)
       # Sums over pixels and code dimensions (mean over the batch): the scale beta-VAE's beta
       # is defined on.
       pixels = x[0].size
       terms["recon"] = losses.reconstruction(config.recon_loss, x_rec_raw, x) * pixels
       terms["kl"] = jnp.mean(jnp.sum(
-          0.5 * (jnp.exp(log_var) + mean**2 - 1.0 - log_var), axis=tuple(range(1, mean.ndim))))
+          0.5 * (variance + mean**2 - 1.0 - log_var), axis=tuple(range(1, mean.ndim))))
       total = terms["recon"] + config.kl_weight * terms["kl"]
       return total, (terms, h, {}, extras)
 
@@ -265,22 +313,33 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
       total += config.supervised.mask_eps * terms["mask"]
 
     if not for_update:
+      if per_term:
+        extras["spectral"] = advance_power_iteration(state, x.shape[1:], generator_side_calls)
       return total, (terms, h, fakes, extras)
     if model == "acai":
       # The autoencoder wants the critic to see no interpolation in its decoded mixes.
-      critic, _ = discriminate(state, fakes["mix"], update_stats=False)
+      if per_term:
+        critic, extras["spectral"] = judge(state, [fakes["mix"]])
+      else:
+        critic, _ = discriminate(state, fakes["mix"], update_stats=False)
       if config.acai.variant == "berthelot":
         terms["critic_mix"] = jnp.mean(jnp.square(critic))
       else:  # the AMR authors' variant: BCE towards target 0 ("real")
-        terms["critic_mix"] = _bce(critic, jnp.zeros_like(critic))
+        terms["critic_mix"] = acai_bce(critic, jnp.zeros_like(critic))
       total += config.acai.advweight * terms["critic_mix"]
     else:
       # D judges the fakes with its current parameters and frozen spectral state; only G learns.
       # (Its power iteration starts from the stored state either way: the same normalised
       # weights whether or not the new state is kept.)
       names = ["real", *fakes] if shared_d else list(fakes)
-      images = jnp.concatenate(([x] if shared_d else []) + list(fakes.values()))
-      out, spectral = discriminate(state, images, update_stats=shared_d)
+      if per_term:
+        out, spectral = judge(state, list(fakes.values()))
+        # The authors' AE+GAN judges a mix too (unused): its call only advances the state.
+        extras["spectral"] = advance_power_iteration(
+            state.replace(spectral=spectral), x.shape[1:], generator_side_calls - len(fakes))
+      else:
+        images = jnp.concatenate(([x] if shared_d else []) + list(fakes.values()))
+        out, spectral = discriminate(state, images, update_stats=shared_d)
       if shared_d:
         extras["discriminator"] = (out, spectral)
       logits, attributes = split_outputs(out, names)
@@ -305,12 +364,17 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
   def discriminator_loss(discriminator, state, batch, fakes, extras):
     """D's loss on real images and G's outputs, held fixed. Returns (loss, (spectral, metrics))."""
     state = state.replace(discriminator=discriminator)
+    if per_term:
+      state = state.replace(spectral=extras["spectral"])  # where G's side left it
     x = batch["image"]
     fakes = {name: jax.lax.stop_gradient(f) for name, f in fakes.items()}  # never reaches G
     if model == "acai":
       return _acai_critic_loss(state, x, fakes, jax.lax.stop_gradient(extras["alpha"]))
-    out, spectral = discriminate(state, jnp.concatenate([x, *fakes.values()]), update_stats=True)
-    loss, metrics = gan_discriminator_loss(out, list(fakes), batch)
+    # Through value_and_grad's aux the fakes come back with their names sorted; 'per_term' calls
+    # D in the authors' order, where the order moves the power iteration between calls.
+    names = [n for n in FAKE_ORDER if n in fakes] if per_term else list(fakes)
+    out, spectral = judge(state, [x, *(fakes[n] for n in names)])
+    loss, metrics = gan_discriminator_loss(out, names, batch)
     return loss, (spectral, metrics)
 
   def gan_discriminator_loss(out, fake_names, batch):
@@ -333,14 +397,15 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     folded = jnp.minimum(alpha, 1.0 - alpha)  # in [0, 0.5]: distance to the nearest endpoint
     if config.acai.variant == "berthelot":
       blend = ACAI_GAMMA * x + (1.0 - ACAI_GAMMA) * fakes["rec"]
-      out, spectral = discriminate(state, jnp.concatenate([fakes["mix"], blend]), True)
+      out, spectral = judge(state, [fakes["mix"], blend])
       critic_mix, critic_blend = jnp.split(out, 2)
       loss = jnp.mean(jnp.square(critic_mix - folded)) + jnp.mean(jnp.square(critic_blend))
     else:  # the AMR authors' variant: BCE, targets 0 for x and dec(h), 2*min(a, 1-a) for mixes
-      out, spectral = discriminate(state, jnp.concatenate([x, fakes["rec"], fakes["mix"]]), True)
+      out, spectral = judge(state, [x, fakes["rec"], fakes["mix"]])
       critic_real, critic_rec, critic_mix = jnp.split(out, 3)
-      loss = (_bce(critic_real, jnp.zeros_like(critic_real))
-              + _bce(critic_rec, jnp.zeros_like(critic_rec)) + _bce(critic_mix, 2.0 * folded))
+      loss = (acai_bce(critic_real, jnp.zeros_like(critic_real))
+              + acai_bce(critic_rec, jnp.zeros_like(critic_rec))
+              + acai_bce(critic_mix, 2.0 * folded))
     return loss, (spectral, {"critic_target_mean": jnp.mean(folded)})
 
   def probe_loss(probe, h, labels):
@@ -397,8 +462,9 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
       update_generator = True
     # On steps where G does not step, its loss terms through D are not computed (a D forward
     # over the decoded images saved) and not logged: G's terms are means over G's steps.
-    # On G's steps of the GAN models, G's terms and D's loss share D's forward (shared_update).
-    shared = update_generator is True and model in ("amr", "ae_gan")
+    # On G's steps of the GAN models, G's terms and D's loss share D's forward (shared_update),
+    # unless D is called once per term.
+    shared = update_generator is True and model in ("amr", "ae_gan") and not per_term
     if shared:
       g_updated = jnp.asarray(True)
       (generator, generator_opt, g_loss, aux), d_step = shared_update(state, batch, key, draws)

@@ -10,7 +10,12 @@ and copy ~/tensorflow_datasets/celeb_a (README: "Getting the data").
 Faces are cropped and resized to 32x32; the probe predicts the first attribute (male).
 """
 
-from amr_jax.config import base_config
+import pathlib
+import sys
+
+if __package__ != "experiments.configs":  # loaded by path (--config=...) from any directory
+  sys.path.append(str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root
+from amr_jax.config import base_config  # pylint: disable=g-import-not-at-top
 
 ATTRIBUTES = ("Male", "Heavy_Makeup", "Wearing_Lipstick")
 

@@ -9,15 +9,20 @@ last batch partial). Their jobs resumed on a cluster with time limits, so these 
 on what the paper's runs trained.
 
 A dataset config's argument names a row: ``--config=experiments/configs/svhn.py:mixup_k3``, with
-options after a comma: ``dim=256`` (Table 3), ``train=1000`` (Table 2's SVHN ablation) or
-``authors`` (the authors' PyTorch model exactly: ``amr_jax.config.AUTHORS_MODEL``).
+options after a comma: ``dim=256`` (Table 3), ``train=1000`` (Table 2's SVHN ablation),
+``authors`` (the authors' PyTorch model: ``amr_jax.config.AUTHORS_MODEL``) or ``authors_exact``
+(their model and their iteration: D called once per loss term, their GAN loss;
+``amr_jax.config.AUTHORS_EXACT``; on the ``acai`` row also their ACAI, ``acai.variant=
+'amr_authors'`` with ``acai.advweight=1`` and ``g_every=5``).
 """
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import ml_collections
 
-from amr_jax.config import AUTHORS_MODEL, base_config, set_field
+from amr_jax.config import AUTHORS_EXACT, AUTHORS_MODEL, base_config, set_field
 
 # method -> (model, mixer, k)
 METHODS = {
@@ -150,25 +155,32 @@ def steps_for_epochs(epochs: int, examples: int, batch_size: int = AUTHORS_BATCH
   return epochs * -(-examples // batch_size)
 
 
-def parse(arg: str | None, default_dim: int) -> tuple[str, int, int | None, bool]:
-  """'mixup_k3,dim=256,train=1000,authors' -> (method, dim, train size or None, authors)."""
+# An option naming the authors' code -> the fields it sets.
+AUTHORS_OPTIONS = {"authors": AUTHORS_MODEL, "authors_exact": AUTHORS_EXACT}
+
+
+def parse(arg: str | None, default_dim: int
+          ) -> tuple[str, int, int | None, Mapping[str, Any]]:
+  """'mixup_k3,dim=256,train=1000,authors' -> (method, dim, train size or None, the fields the
+  authors option sets: AUTHORS_MODEL, AUTHORS_EXACT or {} without one)."""
   words = [w for w in (arg or "mixup").split(",") if w]
-  method, dim, train, authors = words[0], default_dim, None, False
+  method, dim, train, authors = words[0], default_dim, None, {}
   for option in words[1:]:
     key, _, value = option.partition("=")
     if key == "dim":
       dim = int(value)
     elif key == "train":
       train = int(value)
-    elif option == "authors":
-      authors = True
+    elif option in AUTHORS_OPTIONS:
+      authors = AUTHORS_OPTIONS[option]
     else:
-      raise ValueError(f"unknown option {option!r}; allowed: dim=N, train=N, authors")
+      raise ValueError(f"unknown option {option!r}; allowed: dim=N, train=N, "
+                       f"{', '.join(AUTHORS_OPTIONS)}")
   return method, dim, train, authors
 
 
-def paper_number(dataset: str, method: str, dim: int, train: int | None, authors: bool = False
-                 ) -> tuple[float, float] | None:
+def paper_number(dataset: str, method: str, dim: int, train: int | None,
+                 authors: Mapping[str, Any] | None = None) -> tuple[float, float] | None:
   del authors  # the paper's number is the authors' model's
   row = TABLES.get((dataset, dim, train), {}).get(method)
   return None if row is None else (row[1], row[2])
@@ -200,7 +212,11 @@ def row_config(dataset: str, arg: str | None, default_dim: int = 32
   config.num_train_steps = steps_for_epochs(EPOCHS[(dataset, dim, train)][method][0], examples,
                                             config.batch_size)
   config.eval_every = config.checkpoint_every = max(config.num_train_steps // 50, 100)
-  if authors:
-    for field, value in AUTHORS_MODEL.items():
-      set_field(config, field, value)
+  for field, value in authors.items():
+    set_field(config, field, value)
+  if authors is AUTHORS_EXACT and model == "acai":
+    # Their ACAI (acaif3): BCE critic targets, its G term unweighted (models/acai_f3.py), and
+    # their default G schedule (task_launcher's --update_g_every=5; no ACAI script changes it).
+    config.acai.variant, config.acai.advweight = "amr_authors", 1.0
+    config.g_every = 5
   return config

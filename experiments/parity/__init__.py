@@ -1,0 +1,1 @@
+"""Scripts that record the authors' PyTorch code's outputs as the parity tests' fixtures."""
