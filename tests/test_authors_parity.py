@@ -51,12 +51,17 @@ from amr_jax import train_step as train_step_lib
 from tests import authors_fixtures as fx
 from tests import tolerances
 
+# Float comparisons that must hold on any host: CI reruns them under another XLA:CPU path.
+pytestmark = pytest.mark.equivalence
+
 # check -> bound. Gradients carry the rounding of the loss terms they come from, as the moments do.
-# Images decoded after G's update (iteration 2) get RTOL_MOMENTS: they carry the update's rounding,
-# its gradient's, and one step moves them far at these weights (mnist_mixup: by 0.69 relative).
+# Gradients and first moments: RTOL_KINK (a LeakyReLU unit may sit on the other side of 0 here).
+# Images decoded after G's update (iteration 2) get RTOL_KINK too: they carry the update's
+# gradient, and one step moves them far at these weights (mnist_mixup: by 0.69 relative; under
+# XLA's other convolution path the ACAI fixture's kink put them 1.85e-3 off).
 BOUNDS = {"forward": tolerances.RTOL, "loss": tolerances.RTOL, "images": tolerances.RTOL,
-          "grad": tolerances.RTOL_MOMENTS, "param": tolerances.RTOL,
-          "exp_avg": tolerances.RTOL_MOMENTS, "exp_avg_sq": tolerances.RTOL_MOMENTS,
+          "grad": tolerances.RTOL_KINK, "param": tolerances.RTOL,
+          "exp_avg": tolerances.RTOL_KINK, "exp_avg_sq": tolerances.RTOL_MOMENTS,
           "spectral": tolerances.RTOL}
 ITERATIONS = {1: True, 2: False}  # iteration -> whether G steps (their iter=1, iter=2)
 CONVERGED = sorted(n for n, f in fx.FIXTURES.items() if f.spectral_u == "converged")
@@ -312,7 +317,7 @@ def iteration_fractions(s: Setup, iteration: int, state: Any, draws: Any, batch=
     groups[f"adam_step/{net}"] = steps == {int(saved[f"{prefix}/adam_step/{net}"])}
   groups["spectral/u"] = [(f"{prefix}/spectral/{n}", n, after["disc_x"][n])
                           for n in after["disc_x"] if n.endswith("weight_u")]
-  bounds = {**BOUNDS, "images": tolerances.RTOL_MOMENTS} if iteration > 1 else BOUNDS
+  bounds = {**BOUNDS, "images": tolerances.RTOL_KINK} if iteration > 1 else BOUNDS
   return fractions(groups, saved, bounds), state
 
 

@@ -48,6 +48,13 @@ import numpy as np
 
 RTOL = 3e-5
 RTOL_MOMENTS = 1e-3
+# Against the authors' PyTorch code (tests/test_authors_parity.py): their model cannot be made
+# kink-free, so a LeakyReLU pre-activation (or an L1 residual) within rounding of 0 may take the
+# other slope there than here, or on another host. One such unit moved G's gradient by 1.2e-2 (the
+# 4-device case above) and, in the ACAI fixture under XLA's other convolution path, by 2.6e-3
+# (2.6x RTOL_MOMENTS; 3e-5 on the default path). Gradients and Adam's first moments of those
+# tests get this bound; another draw or one more step moves them by 0.2 or more.
+RTOL_KINK = 2e-2
 
 # Dict keys are layer / parameter names inside a group ("['encoder']['Conv_0']['kernel']");
 # attributes and sequence indices name the group (".generator_opt[1].mu").
