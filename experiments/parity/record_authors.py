@@ -154,11 +154,13 @@ class Recorder:
       del optimiser.step  # the instance attribute; the class's step again
 
 
-def adam_state(gan) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-  """``{net: {name: {'exp_avg', 'exp_avg_sq', 'step'}}}`` from each optimiser's state_dict."""
+def adam_state(gan, nets: dict | None = None) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+  """``{net: {name: {'exp_avg', 'exp_avg_sq', 'step'}}}`` from each optimiser's state_dict;
+  ``nets`` (name -> module) defaults to this recorder's :func:`networks`."""
+  nets = networks(gan) if nets is None else nets
   out = {}
   for net, optimiser in gan.optim.items():
-    module = networks(gan)[net]
+    module = nets[net]
     names = [n for n, p in module.named_parameters() if p.requires_grad]
     state = optimiser.state_dict()
     assert state["param_groups"][0]["params"] == list(range(len(names)))

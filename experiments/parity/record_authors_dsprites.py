@@ -137,17 +137,6 @@ class StepRecorder:
       del optimiser.step
 
 
-def adam_state(gan) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-  out = {}
-  for net, optimiser in gan.optim.items():
-    names = [n for n, p in networks(gan)[net].named_parameters() if p.requires_grad]
-    state = optimiser.state_dict()
-    assert state["param_groups"][0]["params"] == list(range(len(names)))
-    out[net] = {names[i]: {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)
-                           for k, v in s.items()} for i, s in state["state"].items()}
-  return out
-
-
 def record_forward(torch, gan, x) -> dict[str, np.ndarray]:
   out = {}
   with torch.no_grad():
@@ -196,7 +185,8 @@ def record_iteration(torch, gan, fixture, x, iteration: int) -> dict[str, np.nda
   for name in images:
     out.update(fx.pack(f"{prefix}/images/{name}", f"images/{name}",
                        outputs[name].detach().numpy()))
-  out.update(recorder.record_state(prefix, grads, networks(gan), adam_state(gan)))
+  nets = networks(gan)
+  out.update(recorder.record_state(prefix, grads, nets, recorder.adam_state(gan, nets)))
   return out
 
 
