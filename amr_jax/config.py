@@ -57,6 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
   # iteration advanced once per forward) or 'per_term' (the authors': one forward per loss term,
   # in their order, each advancing it; also G's side on steps where G does not step).
   config.discriminator_calls = "batched"
+  # Where D's loss differentiates each call's spectral-norm sigma: at that call's u, v
+  # ('own_call'), or at those of D's last call ('last_call', with 'per_term': the authors'
+  # 32x32 SpectralNorm, which overwrites u, v in place before D's backward reads them).
+  config.spectral_backward = "own_call"
 
   config.batch_size = 64  # global batch, split over all devices of all hosts
   # Training steps per jitted call (lax.scan): on accelerators, one dispatch per K steps instead
@@ -143,14 +147,17 @@ AUTHORS_MODEL = {
     "arch.spectral_power_iterations": 5,
 }
 # AUTHORS_MODEL with their iteration too: D called once per loss term, its power iteration
-# advanced one step per call, and their GAN loss (amr_jax.losses.bce_clamped).
+# advanced one step per call, D's backward at the last call's u, v, and their GAN loss
+# (amr_jax.losses.bce_clamped).
 AUTHORS_EXACT = {
     **AUTHORS_MODEL,
     "arch.spectral_power_iterations": 1,
     "discriminator_calls": "per_term",
+    "spectral_backward": "last_call",
     "gan_loss": "bce_clamped",
 }
 DISCRIMINATOR_CALLS = ("batched", "per_term")
+SPECTRAL_BACKWARD = ("own_call", "last_call")
 VAE_SCALES = ("log_var", "std")
 
 
@@ -244,6 +251,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     _fail("discriminator_calls", "per_term", "'batched' for "
           + ("model='beta_vae' (it has no D)" if config.model == "beta_vae" else
              "supervised AMR (not implemented: the authors' code has no such model)"))
+  _one_of(config, "spectral_backward", SPECTRAL_BACKWARD)
+  if config.spectral_backward == "last_call" and config.discriminator_calls != "per_term":
+    _fail("spectral_backward", "last_call", "'own_call' unless discriminator_calls='per_term' "
+          "(one D call per loss: its own is the last)")
   _number(config, "seed", minimum=0, integer=True)
   _number(config, "num_seeds", minimum=1, integer=True)
   _one_of(config, "seed_batching", SEED_BATCHING)

@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+from flax.linen import normalization
 import jax
 import jax.numpy as jnp
 
@@ -48,6 +49,10 @@ __all__ = [
 
 SPECTRAL = "spectral"
 """Name of the Flax variable collection holding spectral-norm state (``u`` and ``sigma``)."""
+SPECTRAL_BACKWARD = "spectral_backward"
+"""Optional read-only collection shaped like :data:`SPECTRAL`: when a D forward is given it, each
+layer's sigma keeps its value but is differentiated at the u, v that the layer's power iteration
+reaches from this collection's u (see :class:`SpectralNorm`)."""
 
 ARCHITECTURES = ("acai32", "dsprites64", "mlp2d")
 INITS = ("flax", "authors")
@@ -69,12 +74,47 @@ def _upsample2x(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-def _spectral(layer: nn.Module, param_dtype: Dtype, power_iterations: int = 1
-              ) -> nn.SpectralNorm:
+class SpectralNorm(nn.SpectralNorm):
+  """Flax's SpectralNorm; given a :data:`SPECTRAL_BACKWARD` collection, sigma's gradient is taken
+  at other vectors than its value.
+
+  The authors' 32x32 SpectralNorm overwrites ``u.data`` and ``v.data`` in place on every D call,
+  so when D's backward runs, every call's ``d sigma / dW = u v^T`` uses the u, v of the last
+  call, while each call's sigma value is its own. With the collection holding the spectral state
+  before that last call, this computes the same: the forward is Flax's, bit for bit; the
+  gradient is that of ``W / s``, ``s`` having the call's sigma as value and
+  ``v_last W u_last^T`` as derivative. Needs ``update_stats=True`` (the call's sigma is read from
+  the state it stores).
+  """
+
+  def _spectral_normalize(self, path, vs, update_stats):
+    normalized = super()._spectral_normalize(path, vs, update_stats)
+    name = self.layer_instance.name + "/" + "/".join(k.key for k in path[1:])
+    if normalized.ndim <= 1 or not self.has_variable(SPECTRAL_BACKWARD, f"{name}/u"):
+      return normalized
+    if not update_stats:
+      raise ValueError(f"{SPECTRAL_BACKWARD} needs update_stats=True")
+    kernel = jnp.asarray(vs)
+    matrix = kernel.reshape(-1, kernel.shape[-1])
+    u = self.get_variable(SPECTRAL_BACKWARD, f"{name}/u")
+    for _ in range(self.n_steps):  # the last call's power iteration, as Flax runs it
+      v = normalization._l2_normalize(u @ matrix.T, eps=self.epsilon)
+      u = normalization._l2_normalize(v @ matrix, eps=self.epsilon)
+    u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+    sigma_last = (v @ matrix @ u.T)[0, 0]
+    sigma = jax.lax.stop_gradient(self.get_variable(self.collection_name, f"{name}/sigma"))
+    sigma = sigma + (sigma_last - jax.lax.stop_gradient(sigma_last))  # value: the call's own
+    kernel_bar = kernel / sigma
+    # Value: Flax's normalised kernel exactly (x - x == 0); gradient: that of kernel / sigma.
+    return (jax.lax.stop_gradient(normalized)
+            + (kernel_bar - jax.lax.stop_gradient(kernel_bar)).astype(normalized.dtype))
+
+
+def _spectral(layer: nn.Module, param_dtype: Dtype, power_iterations: int = 1) -> SpectralNorm:
   # The power iteration runs in param_dtype (float32) on the float32 kernel; the wrapped layer
   # then casts to its own compute dtype, so bfloat16 compute does not degrade the estimate.
-  return nn.SpectralNorm(layer, n_steps=power_iterations, collection_name=SPECTRAL,
-                         param_dtype=param_dtype)
+  return SpectralNorm(layer, n_steps=power_iterations, collection_name=SPECTRAL,
+                      param_dtype=param_dtype)
 
 
 # The AMR authors' PyTorch initialisation (reference.md; used with init='authors').

@@ -29,6 +29,8 @@ its own estimate: G's side D(dec(h)), D(dec(mix)) (ACAI: D(dec(mix)) only), then
 D(dec(h)), D(dec(mix)), 5 calls per AMR iteration (AE+GAN 4: the authors' --disable_mix still
 judges a mix on G's side, then leaves it out of G's loss; ACAI 4). G's side calls D also on the
 steps where G does not step; what nothing uses there only advances the power iteration.
+``spectral_backward='last_call'`` differentiates every sigma of D's loss at the u, v of its last
+call, as the authors' backward finds them (their SpectralNorm overwrites u, v in place).
 
 Randomness: everything random in a step (the partners' permutations, the mixer's weights or
 masks, ACAI's alpha, the beta-VAE's noise, supervised AMR's draws) is a :class:`Draws`, drawn
@@ -193,25 +195,34 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
   def decode(generator, h):
     return to_image(nets.decoder.apply({"params": generator["decoder"]}, h), config.recon_loss)
 
-  def discriminate(state, images, update_stats):
+  def discriminate(state, images, update_stats, backward=None):
     """D's outputs (logits (N,), or (logits, attribute logits)); with update_stats its power
-    iteration advances and the new spectral state is returned."""
+    iteration advances and the new spectral state is returned. ``backward``: the spectral state
+    whose next power-iteration step gives the u, v that sigma is differentiated at."""
     variables = {"params": state.discriminator, networks_lib.SPECTRAL: state.spectral}
+    if backward is not None:
+      variables[networks_lib.SPECTRAL_BACKWARD] = backward
     if not update_stats:
       return nets.discriminator.apply(variables, images, update_stats=False), state.spectral
     out, new_vars = nets.discriminator.apply(variables, images, update_stats=True,
                                              mutable=[networks_lib.SPECTRAL])
     return out, new_vars[networks_lib.SPECTRAL]
 
-  def judge(state, groups):
+  def judge(state, groups, for_d_loss=False):
     """D's outputs on image groups (concatenated in order) and its new spectral state: one
     forward over all of them ('batched'), or one per group ('per_term'), each advancing the power
-    iteration from the state the previous one left and normalising with its own estimate."""
+    iteration from the state the previous one left and normalising with its own estimate.
+    ``for_d_loss`` with spectral_backward='last_call': every call's sigma is differentiated at
+    the last call's u, v (the power iteration does not depend on the images: known in advance)."""
     if not per_term:
       return discriminate(state, jnp.concatenate(groups), update_stats=True)
+    backward = None
+    if for_d_loss and config.spectral_backward == "last_call":
+      backward = advance_power_iteration(state, groups[0].shape[1:], len(groups) - 1)
     outs, spectral = [], state.spectral
     for images in groups:
-      out, spectral = discriminate(state.replace(spectral=spectral), images, update_stats=True)
+      out, spectral = discriminate(state.replace(spectral=spectral), images, update_stats=True,
+                                   backward=backward)
       outs.append(out)
     return jnp.concatenate(outs), spectral
 
@@ -373,7 +384,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     # Through value_and_grad's aux the fakes come back with their names sorted; 'per_term' calls
     # D in the authors' order, where the order moves the power iteration between calls.
     names = [n for n in FAKE_ORDER if n in fakes] if per_term else list(fakes)
-    out, spectral = judge(state, [x, *(fakes[n] for n in names)])
+    out, spectral = judge(state, [x, *(fakes[n] for n in names)], for_d_loss=True)
     loss, metrics = gan_discriminator_loss(out, names, batch)
     return loss, (spectral, metrics)
 
@@ -397,11 +408,11 @@ def make_train_step(config: ml_collections.ConfigDict, nets: networks_lib.Networ
     folded = jnp.minimum(alpha, 1.0 - alpha)  # in [0, 0.5]: distance to the nearest endpoint
     if config.acai.variant == "berthelot":
       blend = ACAI_GAMMA * x + (1.0 - ACAI_GAMMA) * fakes["rec"]
-      out, spectral = judge(state, [fakes["mix"], blend])
+      out, spectral = judge(state, [fakes["mix"], blend], for_d_loss=True)
       critic_mix, critic_blend = jnp.split(out, 2)
       loss = jnp.mean(jnp.square(critic_mix - folded)) + jnp.mean(jnp.square(critic_blend))
     else:  # the AMR authors' variant: BCE, targets 0 for x and dec(h), 2*min(a, 1-a) for mixes
-      out, spectral = judge(state, [x, fakes["rec"], fakes["mix"]])
+      out, spectral = judge(state, [x, fakes["rec"], fakes["mix"]], for_d_loss=True)
       critic_real, critic_rec, critic_mix = jnp.split(out, 3)
       loss = (acai_bce(critic_real, jnp.zeros_like(critic_real))
               + acai_bce(critic_rec, jnp.zeros_like(critic_rec))

@@ -1,6 +1,7 @@
 """The options that reproduce the authors' iteration exactly: D called once per loss term
-(``discriminator_calls='per_term'``), their GAN loss (``gan_loss='bce_clamped'``), and
-``AUTHORS_EXACT``, which sets both on top of their model."""
+(``discriminator_calls='per_term'``), D's backward at the last call's u, v
+(``spectral_backward='last_call'``), their GAN loss (``gan_loss='bce_clamped'``), and
+``AUTHORS_EXACT``, which sets all three on top of their model."""
 
 import functools
 import os
@@ -307,6 +308,7 @@ def test_authors_exact_is_the_authors_model_and_iteration():
   assert config_lib.AUTHORS_EXACT == {**config_lib.AUTHORS_MODEL,
                                       "arch.spectral_power_iterations": 1,
                                       "discriminator_calls": "per_term",
+                                      "spectral_backward": "last_call",
                                       "gan_loss": "bce_clamped"}
   for get_config, row in ((mnist.get_config, "mixup"), (svhn.get_config, "acai,dim=256")):
     config = get_config(f"{row},authors_exact")
@@ -314,7 +316,8 @@ def test_authors_exact_is_the_authors_model_and_iteration():
     for field, value in config_lib.AUTHORS_EXACT.items():
       assert config_lib._get(config, field) == value, field
     plain = get_config(row)  # negative control: without the option, amr_jax's own iteration
-    assert (plain.discriminator_calls, plain.gan_loss) == ("batched", "bce")
+    assert (plain.discriminator_calls, plain.spectral_backward, plain.gan_loss) == (
+        "batched", "own_call", "bce")
   assert (config.acai.variant, config.acai.advweight, config.g_every) == ("amr_authors", 1.0, 5)
   assert (plain.acai.variant, plain.acai.advweight, plain.g_every) == ("berthelot", 0.5, 1)
   assert mnist.paper_number("mixup,authors_exact") == mnist.paper_number("mixup")
@@ -327,6 +330,11 @@ def test_authors_exact_is_the_authors_model_and_iteration():
      "config.discriminator_calls='each' is not allowed; allowed: 'batched', 'per_term'"),
     (lambda c: setattr(c, "gan_loss", "bce_clamp"),
      "config.gan_loss='bce_clamp' is not allowed; allowed: 'bce', 'bce_clamped', 'lsgan'"),
+    (lambda c: setattr(c, "spectral_backward", "last"),
+     "config.spectral_backward='last' is not allowed; allowed: 'own_call', 'last_call'"),
+    (lambda c: setattr(c, "spectral_backward", "last_call"),
+     "config.spectral_backward='last_call' is not allowed; allowed: 'own_call' unless "
+     "discriminator_calls='per_term' (one D call per loss: its own is the last)"),
     (lambda c: c.update(model="beta_vae", discriminator_calls="per_term"),
      "config.discriminator_calls='per_term' is not allowed; allowed: 'batched' for "
      "model='beta_vae' (it has no D)"),

@@ -311,3 +311,64 @@ def test_more_power_iterations_estimate_sigma_better():
       total += abs(float(stats[name]) / true_sigma - 1)
     errors[steps] = total
   assert errors[5] < 0.5 * errors[1], errors
+
+
+# ---------------------------------------------------------------------------- sigma's gradient
+def _dense_spectral_loss(start_u, backward_u=None):
+  """A spectrally-normalised Dense layer's loss, from u = start_u, optionally differentiated at
+  the u, v one power-iteration step from backward_u reaches (networks.SPECTRAL_BACKWARD)."""
+  layer = networks.SpectralNorm(networks.nn.Dense(3, use_bias=False),
+                                collection_name=networks.SPECTRAL)
+  x = jax.random.normal(jax.random.key(2), (4, 5))
+  kernel = jax.random.normal(jax.random.key(3), (5, 3))
+
+  def state(u):
+    return {"layer_instance/kernel/u": u, "layer_instance/kernel/sigma": jnp.ones(())}
+
+  def loss(kernel):
+    variables = {"params": {"layer_instance": {"kernel": kernel}},
+                 networks.SPECTRAL: state(start_u)}
+    if backward_u is not None:
+      variables[networks.SPECTRAL_BACKWARD] = state(backward_u)
+    y, new = layer.apply(variables, x, update_stats=True, mutable=[networks.SPECTRAL])
+    return jnp.sum(jnp.sin(y)), new[networks.SPECTRAL]["layer_instance/kernel/u"]
+
+  return loss, kernel, x
+
+
+def _unit(v):
+  return v / jnp.linalg.norm(v)
+
+
+def test_spectral_backward_differentiates_sigma_at_the_given_state():
+  """With SPECTRAL_BACKWARD the forward is Flax's SpectralNorm bit for bit, and the gradient is
+  the chain rule through W / sigma with d sigma / dW = v' u'^T, where (u', v') is one power step
+  from the collection's u (the authors' in-place u, v): checked against that formula by hand."""
+  start = jax.random.normal(jax.random.key(4), (1, 3))
+  other = jax.random.normal(jax.random.key(5), (1, 3))
+  own_loss, kernel, x = _dense_spectral_loss(start)
+  loss, _, _ = _dense_spectral_loss(start, backward_u=other)
+  (value, u_new), grad = jax.value_and_grad(loss, has_aux=True)(kernel)
+  (own_value, own_u), own_grad = jax.value_and_grad(own_loss, has_aux=True)(kernel)
+  assert value == own_value and bool(jnp.all(u_new == own_u))
+  # By hand: sigma from this call's power step; its derivative from the step from `other`.
+  v = _unit(start @ kernel.T)
+  sigma = (v @ kernel @ _unit(v @ kernel).T)[0, 0]
+  v_last = _unit(other @ kernel.T)
+  u_last = _unit(v_last @ kernel)
+  upstream = jax.grad(lambda w: jnp.sum(jnp.sin(x @ w)))(kernel / sigma)
+  expected = upstream / sigma - jnp.sum(upstream * kernel) / sigma**2 * (v_last.T @ u_last)
+  tolerances.assert_close(grad, expected)
+  # Given this call's own start, it is Flax's gradient; another start is not (negative control).
+  same, _, _ = _dense_spectral_loss(start, backward_u=start)
+  tolerances.assert_close(jax.grad(same, has_aux=True)(kernel)[0], own_grad)
+  tolerances.assert_differs(grad, own_grad)
+
+
+def test_spectral_backward_needs_update_stats():
+  layer = networks.SpectralNorm(networks.nn.Dense(3), collection_name=networks.SPECTRAL)
+  x = jnp.ones((1, 2))
+  variables = layer.init(jax.random.key(0), x, update_stats=False)
+  with pytest.raises(ValueError, match="update_stats=True"):
+    layer.apply({**variables, networks.SPECTRAL_BACKWARD: variables[networks.SPECTRAL]}, x,
+                update_stats=False)
