@@ -99,7 +99,7 @@ def _manager_class() -> type:
   """orbax's ``CheckpointManager``, except that it never asks JAX's preemption sync manager.
 
   The training loop asks it, once per call boundary, with a count of boundaries
-  (``amr_jax.train._Preemption``). orbax's own question (``reached_preemption``, from ``save``
+  (``amr_jax.preemption.Preemption``). orbax's own question (``reached_preemption``, from ``save``
   and from its background finalize thread) passes a step number instead, which the sync
   manager takes as this process's position: a finalize thread reporting an old step while the
   sync point is being agreed could set a point that this process has already passed, and the

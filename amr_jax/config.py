@@ -6,6 +6,8 @@ Errors are one line naming the field, the bad value and what is allowed, e.g.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Iterable
 
 import jax
@@ -15,6 +17,8 @@ from amr_jax import data as data_lib
 from amr_jax import losses
 from amr_jax import mixers
 from amr_jax import networks
+from amr_jax.errors import ConfigError  # re-exported: config.ConfigError
+from amr_jax.evaluators import common as evaluators
 
 MODELS = ("amr", "ae_gan", "acai", "beta_vae")
 
@@ -78,60 +82,76 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 500
   config.num_pictures = 8  # examples per picture grid
 
-  config.arch = ml_collections.ConfigDict()
-  config.arch.name = "acai32"
-  config.arch.width = 16
-  config.arch.latent_channels = 2  # 4x4xC bottleneck: 2 -> dim 32, 16 -> 256, 64 -> 1024
-  config.arch.latent_dim = 10  # dsprites64 only
-  config.arch.instance_norm = True
-  config.arch.leaky_slope = 0.01
-  # 'bfloat16': mixed precision on accelerators (float32 parameters, bfloat16 compute).
-  config.arch.compute_dtype = "float32"
-  # acai32 only: where the authors' PyTorch model differs (AUTHORS_MODEL sets all four to theirs;
-  # experiments/results/reference_curves.md measures them).
-  config.arch.init = "flax"  # or 'authors': their Initializer (networks.py)
-  config.arch.input_conv_padding = 0  # authors: 1 (the 1x1 input conv grows 32 to 34 pixels)
-  config.arch.spectral_input_conv = True  # authors: False (D's 1x1 input conv unnormalised)
-  # Per D forward. The authors: 1 per forward, 5 forwards per AMR iteration (AUTHORS_MODEL: 5
-  # in one batched forward; AUTHORS_EXACT: 1 in each of 5 forwards).
-  config.arch.spectral_power_iterations = 1
-  # dsprites64 only: the last layer's output times this is the logit; 2 with recon_loss='bce'
-  # is the authors' Tanh decoder (tanh(u) = 2 sigmoid(2 u) - 1) with their parameters.
-  config.arch.decoder_logit_scale = 1.0
-
-  config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 1e-4  # G and D
-  config.optim.probe_lr = 1e-4
-  config.optim.b1 = 0.5
-  config.optim.b2 = 0.99
-  config.optim.weight_decay = 1e-5  # L2 added to the gradient, PyTorch-style (not decoupled)
+  config.arch = _arch_fields()
+  config.optim = _optim_fields()
 
   # What each evaluation measures (amr_jax/evaluators/): entry name -> {"every": steps (0 =
   # eval_every), options}; every evaluator also runs at the last step. Dataset configs add
   # their own (dsprites: 'disentanglement'; the spiral: 'spiral' instead of 'pictures').
   config.evals = ml_collections.ConfigDict({"probe": {"every": 0}, "pictures": {"every": 0}})
+  config.data = _data_fields()
+  return config
 
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "mnist"
-  config.data.manual_dir = ""  # folder with the dataset's original files, to build it offline
-  config.data.data_dir = ""  # TFDS data_dir ('' = TFDS default)
+
+def _arch_fields() -> ml_collections.ConfigDict:
+  """config.arch: the networks."""
+  arch = ml_collections.ConfigDict()
+  arch.name = "acai32"
+  arch.width = 16
+  arch.latent_channels = 2  # 4x4xC bottleneck: 2 -> dim 32, 16 -> 256, 64 -> 1024
+  arch.latent_dim = 10  # dsprites64 only
+  arch.instance_norm = True
+  arch.leaky_slope = 0.01
+  # 'bfloat16': mixed precision on accelerators (float32 parameters, bfloat16 compute).
+  arch.compute_dtype = "float32"
+  # acai32 only: where the authors' PyTorch model differs (AUTHORS_MODEL sets all four to theirs;
+  # experiments/results/reference_curves.md measures them).
+  arch.init = "flax"  # or 'authors': their Initializer (networks.py)
+  arch.input_conv_padding = 0  # authors: 1 (the 1x1 input conv grows 32 to 34 pixels)
+  arch.spectral_input_conv = True  # authors: False (D's 1x1 input conv unnormalised)
+  # Per D forward. The authors: 1 per forward, 5 forwards per AMR iteration (AUTHORS_MODEL: 5
+  # in one batched forward; AUTHORS_EXACT: 1 in each of 5 forwards).
+  arch.spectral_power_iterations = 1
+  # dsprites64 only: the last layer's output times this is the logit; 2 with recon_loss='bce'
+  # is the authors' Tanh decoder (tanh(u) = 2 sigmoid(2 u) - 1) with their parameters.
+  arch.decoder_logit_scale = 1.0
+  return arch
+
+
+def _optim_fields() -> ml_collections.ConfigDict:
+  """config.optim: Adam for G, D and the probe."""
+  optim = ml_collections.ConfigDict()
+  optim.lr = 1e-4  # G and D
+  optim.probe_lr = 1e-4
+  optim.b1 = 0.5
+  optim.b2 = 0.99
+  optim.weight_decay = 1e-5  # L2 added to the gradient, PyTorch-style (not decoupled)
+  return optim
+
+
+def _data_fields() -> ml_collections.ConfigDict:
+  """config.data: the dataset and how batches reach the devices."""
+  data = ml_collections.ConfigDict()
+  data.name = "mnist"
+  data.manual_dir = ""  # folder with the dataset's original files, to build it offline
+  data.data_dir = ""  # TFDS data_dir ('' = TFDS default)
   # A TFDS dataset neither prepared in data_dir nor given by manual_dir: TFDS downloads and
   # prepares it into data_dir (True), or the run fails saying how to provide it (False).
-  config.data.download = True
-  config.data.image_size = 32
-  config.data.split_seed = 0  # the train/validation split: the same for every training seed
-  config.data.num_valid = -1  # -1 = the dataset's default validation size
-  config.data.num_train = -1  # -1 = all; else cap the training set (SVHN 1k/5k/... ablation)
+  data.download = True
+  data.image_size = 32
+  data.split_seed = 0  # the train/validation split: the same for every training seed
+  data.num_valid = -1  # -1 = the dataset's default validation size
+  data.num_train = -1  # -1 = all; else cap the training set (SVHN 1k/5k/... ablation)
   # Which examples the cap keeps: 'seeded' = the first num_train of the split_seed permutation (a
   # random subset; amr_jax's); 'first' = the first num_train of the stored training split, as
   # the authors' --subset_train (np.arange(N), shuffled, all N kept). Both: every training seed.
-  config.data.train_subset = "seeded"
-  config.data.attributes = ()  # celeb_a: the binary attributes supervised AMR conditions on
+  data.train_subset = "seeded"
+  data.attributes = ()  # celeb_a: the binary attributes supervised AMR conditions on
   # Where batches come from: 'device' places the training split on the devices once (sharded
   # over them) and gathers each batch there; 'host' sends each batch; 'auto': 'device' on
   # accelerators when the split is an in-memory array under a quarter of a device's memory.
-  config.data.placement = "auto"
-  return config
+  data.placement = "auto"
+  return data
 
 
 SEED_BATCHING = ("auto", "vmap", "unroll")
@@ -159,10 +179,6 @@ AUTHORS_EXACT = {
 DISCRIMINATOR_CALLS = ("batched", "per_term")
 SPECTRAL_BACKWARD = ("own_call", "last_call")
 VAE_SCALES = ("log_var", "std")
-
-
-class ConfigError(ValueError):
-  """A config field holds a value that is not allowed."""
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -218,6 +234,28 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
       original files in data.manual_dir, or (data.download) TensorFlow installed and the
       download hosts answering (one HEAD request per host, 10 s timeout).
   """
+  for check in (_validate_objective, _validate_run, _validate_arch, _validate_optim,
+                _validate_data, _validate_calls):
+    check(config)
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  for field in ("batch_size", "eval_batch_size"):
+    if _get(config, field) % num_devices:
+      _fail(field, _get(config, field),
+            f"a multiple of the number of devices ({num_devices}), since the batch is "
+            f"split evenly across them")
+  if check_data:
+    try:
+      data_lib.check_available(config.data.name, manual_dir=config.data.manual_dir,
+                               data_dir=config.data.data_dir, download=config.data.download,
+                               attributes=tuple(config.data.attributes))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
+
+
+
+def _validate_objective(config: ml_collections.ConfigDict) -> None:
+  """The model and its losses."""
   _one_of(config, "model", MODELS)
   _one_of(config, "mixer", mixers.names())
   _number(config, "k", minimum=2, integer=True)
@@ -255,6 +293,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if config.spectral_backward == "last_call" and config.discriminator_calls != "per_term":
     _fail("spectral_backward", "last_call", "'own_call' unless discriminator_calls='per_term' "
           "(one D call per loss: its own is the last)")
+
+
+def _validate_run(config: ml_collections.ConfigDict) -> None:
+  """Seeds, batch, steps and periods."""
   _number(config, "seed", minimum=0, integer=True)
   _number(config, "num_seeds", minimum=1, integer=True)
   _one_of(config, "seed_batching", SEED_BATCHING)
@@ -268,6 +310,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "steps_per_call", minimum=1, integer=True)
   _one_of(config, "steps_per_call_loop", ("auto", "scan", "unroll"))
 
+
+def _validate_arch(config: ml_collections.ConfigDict) -> None:
+  """config.arch."""
   _one_of(config, "arch.name", networks.ARCHITECTURES)
   _number(config, "arch.width", minimum=1, integer=True)
   _number(config, "arch.latent_channels", minimum=1, integer=True)
@@ -275,8 +320,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number(config, "arch.leaky_slope", minimum=0)
   _one_of(config, "arch.compute_dtype", ("float32", "bfloat16"))
   _number(config, "arch.decoder_logit_scale", minimum=0, strict=True)
-  if config.arch.decoder_logit_scale != 1.0 and (config.arch.name != "dsprites64"
-                                                 or config.recon_loss != "bce"):
+  if config.arch.decoder_logit_scale != 1.0 and config.recon_loss != "bce":
     _fail("arch.decoder_logit_scale", config.arch.decoder_logit_scale,
           "1.0 unless arch.name='dsprites64' with recon_loss='bce'")
   for field in ("arch.instance_norm", "arch.spectral_input_conv"):
@@ -285,14 +329,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _one_of(config, "arch.init", networks.INITS)
   _one_of(config, "arch.input_conv_padding", (0, 1))
   _number(config, "arch.spectral_power_iterations", minimum=1, integer=True)
-  if config.arch.name != "acai32":
-    for field, default in (("arch.init", "flax"), ("arch.input_conv_padding", 0),
-                           ("arch.spectral_input_conv", True),
-                           ("arch.spectral_power_iterations", 1)):
-      if _get(config, field) != default:
-        _fail(field, _get(config, field),
-              f"{default!r} only with arch.name={config.arch.name!r} (an acai32 option)")
+  for name in networks.misplaced_options(
+      config.arch.name, **{name: _get(config, f"arch.{name}") for name in networks.ARCH_OPTIONS}):
+    owner, unused = networks.ARCH_OPTIONS[name]
+    _fail(f"arch.{name}", config.arch[name],
+          f"{unused!r} only with arch.name={config.arch.name!r} (an option of {owner})")
 
+
+def _validate_optim(config: ml_collections.ConfigDict) -> None:
+  """config.optim."""
   for field in ("optim.lr", "optim.probe_lr", "optim.weight_decay"):
     _number(config, field, minimum=0)
   for field in ("optim.b1", "optim.b2"):
@@ -300,7 +345,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     if not _get(config, field) < 1:
       _fail(field, _get(config, field), "a number in [0, 1)")
 
-  _one_of(config, "data.name", data_lib.DATASETS)
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+  """config.data and config.evals (loads nothing)."""
+  try:
+    data_lib.check_name(_get(config, "data.name"))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if (config.data.name == "spiral") != (config.arch.name == "mlp2d"):
     _fail("arch.name", config.arch.name, "'mlp2d' exactly when data.name='spiral'")
   expected_size = networks.IMAGE_SIZE[config.arch.name]
@@ -312,12 +363,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _one_of(config, "data.train_subset", data_lib.datasets.TRAIN_SUBSETS)
   if not isinstance(_get(config, "data.download"), bool):
     _fail("data.download", config.data.download, "True or False")
-  from amr_jax.evaluators import common as evaluators  # pylint: disable=g-import-not-at-top
-  evaluators.validate(config)  # (it imports the evaluators' modules, which import this one)
+  evaluators.validate(config)
   _one_of(config, "data.placement", PLACEMENTS)
   if config.data.placement == "device" and config.data.name in RENDERED_DATASETS:
     _fail("data.placement", "device", f"'host' or 'auto' for data.name={config.data.name!r} "
           "(its images are made when indexed, not held in memory)")
+
+
+def _validate_calls(config: ml_collections.ConfigDict) -> None:
+  """Steps per call: whole G cycles, dividing every period."""
   per_call = config.steps_per_call
   if per_call > 1:
     if per_call % config.g_every:
@@ -330,20 +384,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
       if value % per_call:
         _fail("steps_per_call", per_call, f"a divisor of config.{field}={value} (logging, "
               "evaluation and checkpoints act between calls)")
-
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  for field in ("batch_size", "eval_batch_size"):
-    if _get(config, field) % num_devices:
-      _fail(field, _get(config, field),
-            f"a multiple of the number of devices ({num_devices}), since the batch is "
-            f"split evenly across them")
-  if check_data:
-    try:
-      data_lib.check_available(config.data.name, manual_dir=config.data.manual_dir,
-                               data_dir=config.data.data_dir, download=config.data.download,
-                               attributes=tuple(config.data.attributes))
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
 
 
 # Fields that change the shapes of the parameters: a workdir's checkpoints only fit a config that
@@ -365,3 +405,26 @@ def shape_mismatches(saved: ml_collections.ConfigDict,
     if a != b:
       out.append(f"config.{field}: saved {a!r}, now {b!r}")
   return out
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir whose saved config has different parameter shapes (nothing is written)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = ml_collections.ConfigDict(json.load(f))
+  mismatches = shape_mismatches(saved, config)
+  if mismatches:
+    raise ConfigError(
+        f"workdir {workdir!r} holds a run whose config differs in fields that change the "
+        f"model's shapes ({'; '.join(mismatches)}); use another --workdir or the saved values")
+
+
+def write_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """WORKDIR/config.json, written whole then renamed (another process never reads half)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + ".tmp", path)

@@ -720,11 +720,10 @@ def import_checkpoint(config: ml_collections.ConfigDict, authors_checkpoint: str
   from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from amr_jax import parallel  # pylint: disable=g-import-not-at-top
   from amr_jax import torch_checkpoint  # pylint: disable=g-import-not-at-top
-  from amr_jax import train  # pylint: disable=g-import-not-at-top
   from amr_jax import workdir_lock  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config)
-  train.check_workdir(config, workdir)
+  config_lib.check_workdir(config, workdir)
   if has_checkpoints(workdir):
     raise ValueError(f"workdir {workdir!r} already holds checkpoints; import the authors' model "
                      f"into an empty workdir")
@@ -741,7 +740,7 @@ def import_checkpoint(config: ml_collections.ConfigDict, authors_checkpoint: str
       raise ValueError(f"workdir {workdir!r} already holds checkpoints; import the authors' "
                        f"model into an empty workdir")
     if jax.process_index() == 0:
-      train.write_config(config, workdir)
+      config_lib.write_to_workdir(config, workdir)
     checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
       checkpointer.save(step, state, {})

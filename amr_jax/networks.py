@@ -453,6 +453,24 @@ class Networks:
   class_mixer: nn.Module | None = None
 
 
+# Options of one architecture only: name -> (that architecture, the value that leaves it unused).
+ARCH_OPTIONS = {
+    "init": ("acai32", "flax"),
+    "input_conv_padding": ("acai32", 0),
+    "spectral_input_conv": ("acai32", True),
+    "spectral_power_iterations": ("acai32", 1),
+    "decoder_logit_scale": ("dsprites64", 1.0),
+}
+
+
+def misplaced_options(arch: str, **options: Any) -> list[str]:
+  """The names among ``options`` (of :data:`ARCH_OPTIONS`) set away from their unused value on
+  an architecture they are not options of. The one place this rule is checked (``build`` and
+  config validation ask it)."""
+  return [name for name, value in options.items()
+          if ARCH_OPTIONS[name][0] != arch and value != ARCH_OPTIONS[name][1]]
+
+
 def _check_arch(arch: str) -> None:
   if arch not in ARCHITECTURES:
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
@@ -483,12 +501,13 @@ def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
   ``decoder_logit_scale`` (dsprites64 only): see Decoder64 (the authors' Tanh decoder: 2).
   """
   _check_arch(arch)
-  if arch != "dsprites64" and decoder_logit_scale != 1.0:
-    raise ValueError(f"decoder_logit_scale is an option of dsprites64, not {arch!r}")
-  if arch != "acai32" and (init, input_conv_padding, spectral_input_conv,
-                           spectral_power_iterations) != ("flax", 0, True, 1):
-    raise ValueError(f"init, input_conv_padding, spectral_input_conv and "
-                     f"spectral_power_iterations are options of acai32, not {arch!r}")
+  misplaced = misplaced_options(arch, init=init, input_conv_padding=input_conv_padding,
+                                spectral_input_conv=spectral_input_conv,
+                                spectral_power_iterations=spectral_power_iterations,
+                                decoder_logit_scale=decoder_logit_scale)
+  if misplaced:
+    raise ValueError(", ".join(f"{name} is an option of {ARCH_OPTIONS[name][0]}"
+                               for name in misplaced) + f", not of {arch!r}")
   if init not in INITS:
     raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
   factor = 2 if variational else 1

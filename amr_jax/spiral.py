@@ -141,7 +141,7 @@ def evaluate_mixes(points, key: jax.Array | int, *, encode_fn: Callable[[jax.Arr
     encode_fn: ``codes = encode_fn(points)``, (N, 2) -> (N, latent_dim); e.g. a jitted
       ``lambda x: nets.encoder.apply({"params": state.generator["encoder"]}, x)``.
     decode_fn: ``decode_fn(codes)`` (N, latent_dim) -> (N, 2) points in data space (apply
-      ``train_step.to_image`` there if the decoder's output needs mapping).
+      ``model.to_image`` there if the decoder's output needs mapping).
     tolerance: distance under which a decoded mix counts as on the spiral.
     k: number of sources per mix (config.k).
     mixer: a name from :func:`amr_jax.mixers.names` (config.mixer).

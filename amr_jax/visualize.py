@@ -43,7 +43,7 @@ def save_png(path: str, picture: np.ndarray, scale: int = 1) -> None:
 
 
 def grids(pictures: dict[str, np.ndarray], scale: int = 2) -> dict[str, np.ndarray]:
-  """The pictures of one evaluation (see ``train_step.generated_images``) laid out as uint8
+  """The pictures of one evaluation (see ``model.generated_images``) laid out as uint8
   (H, W, C) grids, enlarged ``scale`` times:
 
   - 'mixes': rows of inputs, reconstructions, partners, decoded mixes.

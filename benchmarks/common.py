@@ -8,9 +8,9 @@ be held twice).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
+import tempfile
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,18 +90,16 @@ def make_dataset(name: str, config, *, tiny: bool, seed: int = 0):
                           test=split(test), num_classes=spec["classes"], image_channels=channels)
 
 
-@contextlib.contextmanager
-def serve_dataset(dataset, synthetic: bool):
-  """While active, ``amr_jax.train`` loads ``dataset`` (and skips the offline-data check)."""
-  from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  saved = data_lib.load, data_lib.check_available
-  data_lib.load = lambda *a, **k: dataset
-  if synthetic:
-    data_lib.check_available = lambda *a, **k: None
-  try:
-    yield
-  finally:
-    data_lib.load, data_lib.check_available = saved
+def set_up(config, dataset):
+  """``amr_jax.train.set_up`` of ``config`` without its evaluators, on ``dataset``: the loop's
+  own networks, seeds, initial state and resolved settings (its workdir is never written)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.evals = ml_collections.ConfigDict()
+  with tempfile.TemporaryDirectory(prefix="amr_bench_setup_") as workdir:
+    return train_lib.set_up(config, workdir, dataset)
 
 
 def round_to(value: int, multiple: int) -> int:

@@ -27,33 +27,17 @@ def first_step(name: str, args) -> dict[str, Any]:
   synthetic = "dsprites" not in common.CONFIGS[name]
   config.log_every = 1
   config.eval_every = config.checkpoint_every = 1000
-  # The loop asks for step 1's batch right after the first step has been compiled (from the
-  # cache) and dispatched: the moment the first step starts running on the device.
-  from amr_jax.data import prefetch  # pylint: disable=g-import-not-at-top
-  batch_requests: list[float] = []
-  original_next = prefetch.Prefetcher.next
-
-  def timed_next(self):
-    batch_requests.append(time.perf_counter())
-    return original_next(self)
-
-  prefetch.Prefetcher.next = timed_next
-  try:
-    with tempfile.TemporaryDirectory(prefix="amr_bench_first_") as workdir, \
-        common.serve_dataset(dataset, synthetic), \
-        loop_lib.timed_writer(stop_after_first=True) as times:
-      t_call = time.perf_counter()
-      try:
-        train_lib.train_and_evaluate(config, workdir)
-      except loop_lib._StopAfterFirstLog:  # pylint: disable=protected-access
-        pass
-  finally:
-    prefetch.Prefetcher.next = original_next
-  at = dict(times)
+  hooks, events = loop_lib.timed_hooks(stop_after_first_log=True)
+  with tempfile.TemporaryDirectory(prefix="amr_bench_first_") as workdir:
+    t_call = time.perf_counter()
+    try:
+      train_lib.train_and_evaluate(config, workdir, dataset=dataset, hooks=hooks)
+    except loop_lib.StopAfterFirstLog:
+      pass
+  at = {event: dict(marks) for event, marks in events.items()}
   to_wall = lambda t: time.time() - (time.perf_counter() - t)
-  started = to_wall(batch_requests[1]) - args.launch_time
-  wall_at_first = time.time() - (time.perf_counter() - at[1])
-  since_launch = wall_at_first - args.launch_time
+  started = to_wall(at["dispatched"][1]) - args.launch_time
+  since_launch = to_wall(at["logged"][1]) - args.launch_time
   return {
       # From launching the process to the first step's metrics on the host, not counting the
       # synthetic data's generation (a real run spends its loader's time there instead; for
@@ -64,10 +48,10 @@ def first_step(name: str, args) -> dict[str, Any]:
       "first_step_s_warm_breakdown": {
           "python_start_s": t_imports - args.launch_time, "imports_s": t_imported - t_imports,
           "data_s": data_s, "since_launch_s": since_launch,
-          # train_and_evaluate: setup (networks, the state's shapes, the checkpoint check), the
-          # metrics writer (TensorFlow waits for the first write), then the initial state built
-          # while the first step compiles (cache) in a background thread, and the first step.
-          "setup_s": at["writer_init_start"] - t_call,
-          "metrics_writer_init_s": at["writer_init_end"] - at["writer_init_start"],
-          "compile_and_first_step_s": at[1] - at["writer_init_end"]},
+          # train_and_evaluate: set-up (validation, networks, the state's shapes, evaluators,
+          # the checkpoint check), then the first step compiled (from the cache) in a background
+          # thread while the initial state is built, then the first step to its metrics.
+          "setup_s": at["ready"][0] - t_call,
+          "compile_and_init_s": at["compiled"][0] - at["ready"][0],
+          "first_step_s": at["logged"][1] - at["compiled"][0]},
   }

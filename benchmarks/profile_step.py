@@ -98,7 +98,7 @@ def time_alone(eqn, reps: int, windows: int) -> dict[str, float]:
 def seeds_images_per_s(config, dataset, num_seeds: int, mode: str, reps: int,
                        windows: int) -> float:
   """Images/s (all seeds together) of the loop's step with ``num_seeds`` seeds side by side,
-  run by ``train.over_seeds`` in ``mode`` ('vmap' or 'unroll'); best window."""
+  run by ``amr_jax.seeds.over_seeds`` in ``mode`` ('vmap' or 'unroll'); best window."""
   step = step_lib.StepBench(config, dataset, num_seeds=num_seeds, seed_batching=mode)
   step.new_state()
   return max(r["images_per_s"] for r in step.time_windows(windows, reps))
@@ -113,31 +113,30 @@ def profile(args) -> dict[str, Any]:
   dataset = common.make_dataset(args.config, config, tiny=args.tiny)
   reps, windows = (2, 2) if args.tiny else (args.reps, 3)
 
-  with common.serve_dataset(dataset, "dsprites" not in common.CONFIGS[args.config]):
-    step = step_lib.StepBench(config, dataset)
-    state = step.new_state()
-    # The step with the generator's update (the loop compiles it apart from the one without).
-    jaxpr = jax.make_jaxpr(step.train_steps[True])(state, step.batch).jaxpr
-    step_rate = max(r["images_per_s"] for r in step.time_windows(windows, reps))
-    step.state = None
-    eqns = contractions(jaxpr)
-    groups: dict[str, list] = collections.OrderedDict()
-    for eqn in eqns:
-      groups.setdefault(_signature(eqn), []).append(eqn)
-    rows = []
-    for signature, members in groups.items():
-      timing = time_alone(members[0], reps=max(reps, 5), windows=windows)
-      rows.append({"op": signature, "count": len(members), "seconds_each": timing["seconds"],
-                   "flops_each": timing["flops"],
-                   "seconds_total": timing["seconds"] * len(members),
-                   "flops_total": timing["flops"] * len(members)})
-    whole = config.batch_size / step_rate
-    seeds = {"1": step_rate} if 1 in args.seeds else {}
-    for num_seeds in (n for n in args.seeds if n > 1):
-      for mode in ("vmap", "unroll"):
-        # Fewer steps than for one seed: vmap on a CPU takes seconds per step.
-        seeds[f"{num_seeds} ({mode})"] = seeds_images_per_s(
-            config, dataset, num_seeds, mode, max(2, reps // 4), 2)
+  step = step_lib.StepBench(config, dataset)
+  state = step.new_state()
+  # The step with the generator's update (the loop compiles it apart from the one without).
+  jaxpr = step.jaxpr(state)
+  step_rate = max(r["images_per_s"] for r in step.time_windows(windows, reps))
+  step.state = None
+  eqns = contractions(jaxpr)
+  groups: dict[str, list] = collections.OrderedDict()
+  for eqn in eqns:
+    groups.setdefault(_signature(eqn), []).append(eqn)
+  rows = []
+  for signature, members in groups.items():
+    timing = time_alone(members[0], reps=max(reps, 5), windows=windows)
+    rows.append({"op": signature, "count": len(members), "seconds_each": timing["seconds"],
+                 "flops_each": timing["flops"],
+                 "seconds_total": timing["seconds"] * len(members),
+                 "flops_total": timing["flops"] * len(members)})
+  whole = config.batch_size / step_rate
+  seeds = {"1": step_rate} if 1 in args.seeds else {}
+  for num_seeds in (n for n in args.seeds if n > 1):
+    for mode in ("vmap", "unroll"):
+      # Fewer steps than for one seed: vmap on a CPU takes seconds per step.
+      seeds[f"{num_seeds} ({mode})"] = seeds_images_per_s(
+          config, dataset, num_seeds, mode, max(2, reps // 4), 2)
 
   platform = jax.devices()[0].platform
   n = 512 if args.tiny else (2048 if platform == "cpu" else 8192)

@@ -89,11 +89,10 @@ def _ours_child(name: str, g_every: int, steps: int, cache_dir: str, out: str,
   config = common.make_config(name, tiny=tiny, light_eval=True)
   config.g_every = g_every
   dataset = common.make_dataset(name, config, tiny=tiny)
-  with common.serve_dataset(dataset, synthetic=True):
-    step_bench = step_lib.StepBench(config, dataset)
-    step_bench.new_state()
-    step_bench.compile()
-    windows = step_bench.time_windows(3, common.round_to(steps, g_every))
+  step_bench = step_lib.StepBench(config, dataset)
+  step_bench.new_state()
+  step_bench.compile()
+  windows = step_bench.time_windows(3, common.round_to(steps, g_every))
   rates = [w["images_per_s"] for w in windows]
   with open(out, "w") as f:
     json.dump({"images_per_s": statistics.median(rates), "window_images_per_s": rates,

@@ -75,50 +75,49 @@ def measure(name: str, args) -> dict[str, Any]:
                 real_eval_every=config.eval_every, real_checkpoint_every=config.checkpoint_every,
                 real_log_every=config.log_every)
 
-  with common.serve_dataset(dataset, synthetic):
-    bench = step_lib.StepBench(config, dataset)
-    phase("build")
-    bench.new_state()
-    # The loop compiles this too (before its step): the initial train state, jitted.
-    result["init_state_s_cold"] = phase("init_state")
-    before = events.snapshot()
-    cold = bench.compile()
-    result["cache_events_cold"] = events.delta(before)
-    flops = bench.flops()
-    result["step_memory_analysis"] = step_lib.memory_analysis_bytes(bench.compiled[True])
-    jax.clear_caches()
-    before = events.snapshot()
-    warm = bench.compile()
-    result["cache_events_warm"] = events.delta(before)
-    result.update(compile_s_cold=cold["total_s"], compile_s_warm=warm["total_s"],
-                  lower_s_cold=cold["lower_s"], lower_s_warm=warm["lower_s"],
-                  xla_compile_s_cold=cold["compile_s"], xla_compile_s_warm=warm["compile_s"])
-    phase("compile")
-    result.update(flops)
+  bench = step_lib.StepBench(config, dataset)
+  phase("build")
+  bench.new_state()
+  # The loop compiles this too (before its step): the initial train state, jitted.
+  result["init_state_s_cold"] = phase("init_state")
+  before = events.snapshot()
+  cold = bench.compile()
+  result["cache_events_cold"] = events.delta(before)
+  flops = bench.flops()
+  result["step_memory_analysis"] = step_lib.memory_analysis_bytes(bench.compiled[True])
+  jax.clear_caches()
+  before = events.snapshot()
+  warm = bench.compile()
+  result["cache_events_warm"] = events.delta(before)
+  result.update(compile_s_cold=cold["total_s"], compile_s_warm=warm["total_s"],
+                lower_s_cold=cold["lower_s"], lower_s_warm=warm["lower_s"],
+                xla_compile_s_cold=cold["compile_s"], xla_compile_s_warm=warm["compile_s"])
+  phase("compile")
+  result.update(flops)
 
-    phase("flops")
-    window = common.round_to(args.steps // 4, g)
-    windows = bench.time_windows(2, window)
-    phase("step")
-    log_every = min(common.round_to(args.steps // 8, g), config.log_every)
-    result.update(bench.host_costs(dataset, min(window, 50), log_every))
-    phase("host_costs")
-    bench.state = None  # the loop has its own state: do not hold two
-    loop = loop_lib.run_loop(config, dataset, synthetic, log_every=log_every,
-                             half=max(2 * log_every, common.round_to(args.steps // 2, log_every)),
-                             batch_size=batch)
-    phase("loop")
-    bench.new_state()
-    windows += bench.time_windows(2, window)
-    bench.state = None
-    phase("step")
-    if args.steps_per_call:
-      ks = [k for k in map(int, args.steps_per_call.split(",")) if k == 1 or k % g == 0]
-      result["steps_per_call"] = steps_per_call_lib.measure(
-          config, dataset, [k for k in ks if k <= steps_per_call_lib.max_k()], steps=window)
-      result["steps_per_call"]["skipped"] = {
-          k: steps_per_call_lib.SKIPPED for k in ks if k > steps_per_call_lib.max_k()}
-      phase("steps_per_call")
+  phase("flops")
+  window = common.round_to(args.steps // 4, g)
+  windows = bench.time_windows(2, window)
+  phase("step")
+  log_every = min(common.round_to(args.steps // 8, g), config.log_every)
+  result.update(bench.host_costs(dataset, min(window, 50), log_every))
+  phase("host_costs")
+  bench.state = None  # the loop has its own state: do not hold two
+  loop = loop_lib.run_loop(config, dataset, log_every=log_every,
+                           half=max(2 * log_every, common.round_to(args.steps // 2, log_every)),
+                           batch_size=batch)
+  phase("loop")
+  bench.new_state()
+  windows += bench.time_windows(2, window)
+  bench.state = None
+  phase("step")
+  if args.steps_per_call:
+    ks = [k for k in map(int, args.steps_per_call.split(",")) if k == 1 or k % g == 0]
+    result["steps_per_call"] = steps_per_call_lib.measure(
+        config, dataset, [k for k in ks if k <= steps_per_call_lib.max_k()], steps=window)
+    result["steps_per_call"]["skipped"] = {
+        k: steps_per_call_lib.SKIPPED for k in ks if k > steps_per_call_lib.max_k()}
+    phase("steps_per_call")
 
   rates = [w["images_per_s"] for w in windows]
   result["step_images_per_s"] = statistics.median(rates)
@@ -155,13 +154,12 @@ def measure(name: str, args) -> dict[str, Any]:
   if args.bf16:  # bare step with bfloat16 compute, float32 parameters
     config16 = config.copy_and_resolve_references()
     config16.arch.compute_dtype = "bfloat16"
-    with common.serve_dataset(dataset, synthetic):
-      bench16 = step_lib.StepBench(config16, dataset)
-      bench16.new_state()
-      c16 = bench16.compile()
-      f16 = bench16.flops()["flops_per_step_xla"]
-      w16 = bench16.time_windows(2, window)
-      bench16.state = None
+    bench16 = step_lib.StepBench(config16, dataset)
+    bench16.new_state()
+    c16 = bench16.compile()
+    f16 = bench16.flops()["flops_per_step_xla"]
+    w16 = bench16.time_windows(2, window)
+    bench16.state = None
     roof16 = roofline_lib.roofline(n, "bfloat16", reps, n_windows)
     rate16 = statistics.median(w["images_per_s"] for w in w16)
     result["bf16"] = {"step_images_per_s": rate16, "compile_s_cold": c16["total_s"],

@@ -49,60 +49,51 @@ def memory_analysis_bytes(compiled) -> dict[str, int] | None:
 
 
 class StepBench:
-  """The loop's jitted train step, built as ``amr_jax.train`` builds it: one seed, or
-  ``num_seeds`` side by side run by ``train.over_seeds`` in ``seed_batching``'s mode."""
+  """The loop's own jitted call of one step (``amr_jax.stepper``, set up by ``train.set_up``):
+  one seed, or ``num_seeds`` side by side in ``seed_batching``'s mode; batches fed from the
+  host, the same batch at every step (the timing does not depend on which)."""
 
   def __init__(self, config, dataset, *, num_seeds: int = 1, seed_batching: str = "auto"):
-    import numpy as np  # pylint: disable=g-import-not-at-top
-
-    from amr_jax import parallel  # pylint: disable=g-import-not-at-top
-    from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
-
-    nets = train_lib.build_networks(config, dataset)
-    optimizers = train_state_lib.make_optimizers(config.optim)
-    self.mesh = mesh = parallel.make_mesh()
+    from benchmarks import common  # pylint: disable=g-import-not-at-top
+    config = config.copy_and_resolve_references()
+    config.num_seeds, config.seed_batching = num_seeds, seed_batching
+    config.steps_per_call, config.data.placement = 1, "host"
+    self.run = common.set_up(config, dataset)
+    self.stepper = self.run.make_stepper()
     self.config = config
     self.batch_size = config.batch_size
     self.images_per_step = config.batch_size * num_seeds
     self.g_every = int(config.g_every)
-    multi = num_seeds > 1
-    config = config.copy_and_resolve_references()
-    config.num_seeds, config.seed_batching = num_seeds, seed_batching
-    # The loop's own jitted functions: one compiled step with the generator's update, one
-    # without (g_every > 1).
-    self._init, self.train_steps = train_lib.make_jitted_state_and_steps(
-        config, dataset, nets, optimizers, mesh)
+    self.inputs = self.stepper.inputs(0, 1)
     self.count = 0
-    train = dataset.train
-    local = {"image": np.asarray(train.images[:config.batch_size]),
-             "label": train.labels[:config.batch_size]}
-    if config.supervised.enabled:
-      local["attributes"] = train.attributes[:config.batch_size]
-    if multi:  # every seed reads the same rows: the timing does not depend on which
-      local = {name: np.stack([value] * num_seeds) for name, value in local.items()}
-    self.batch = parallel.global_batch(mesh, local, seeds_axis=multi)
     self.state = None
+    # One compiled step with the generator's update, one without (g_every > 1), as in the loop.
+    self.first_steps = {True: 0} if self.g_every == 1 else {True: 0, False: 1}
 
   def new_state(self):
-    self.state = self._init()
+    self.state = self.run.init_state()
     self.count = 0
     return self.state
 
-  def train_step(self, state, batch):
+  def train_step(self, state):
     """The next step of the loop's sequence (the generator's update every g_every steps)."""
-    flag = self.count % self.g_every == 0
     self.count += 1
-    return self.train_steps[flag](state, batch)
+    return self.stepper.run(state, self.count - 1, 1, self.inputs)
+
+  def jaxpr(self, state):
+    """The traced call of the step with the generator's update."""
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.make_jaxpr(self.stepper.jitted(0, 1))(state, self.inputs,
+                                                     self.stepper.device_data).jaxpr
 
   def compile(self) -> dict[str, float]:
     """Times tracing + lowering and XLA's compilation of the step (AOT)."""
     state = self.state if self.state is not None else self.new_state()
     lower_s = compile_s = 0.0
     self.compiled = {}
-    for flag, step in self.train_steps.items():  # the loop needs each variant
+    for flag, step in self.first_steps.items():  # the loop needs each variant
       t0 = time.perf_counter()
-      lowered = step.lower(state, self.batch)
+      lowered = self.stepper.jitted(step, 1).lower(state, self.inputs, self.stepper.device_data)
       t1 = time.perf_counter()
       self.compiled[flag] = lowered.compile()
       t2 = time.perf_counter()
@@ -125,13 +116,13 @@ class StepBench:
     import jax  # pylint: disable=g-import-not-at-top
     state = self.state if self.state is not None else self.new_state()
     for _ in range(2 * self.g_every):  # warm-up: compile (cache), first steps of both branches
-      state, metrics = self.train_step(state, self.batch)
+      state, metrics = self.train_step(state)
     jax.block_until_ready((state, metrics))
     out = []
     for _ in range(windows):
       t0 = time.perf_counter()
       for _ in range(steps):
-        state, metrics = self.train_step(state, self.batch)
+        state, metrics = self.train_step(state)
       t1 = time.perf_counter()
       jax.block_until_ready((state, metrics))
       t2 = time.perf_counter()
@@ -141,24 +132,20 @@ class StepBench:
     return out
 
   def host_costs(self, dataset, steps: int, log_every: int) -> dict[str, float]:
-    """The loop's per-step host work on its own: batch assembly as ``train.local_batch`` +
-    ``parallel.global_batch`` do it, and fetching a log window of per-step metrics one array at
-    a time (``parallel.to_host``) against one ``jax.device_get`` of the whole window."""
+    """The loop's per-step host work on its own: a call's inputs as the loop builds them
+    (``Stepper.inputs``: the batch gathered and sent to the devices), and fetching a log
+    window of per-step metrics one array at a time (``parallel.to_host``) against one
+    ``jax.device_get`` of the whole window."""
     import jax  # pylint: disable=g-import-not-at-top
 
     from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     from amr_jax import parallel  # pylint: disable=g-import-not-at-top
     train, config = dataset.train, self.config
     rows = parallel.local_rows(config.batch_size)
-    idx = data_lib.batch_indices(config.seed, 0, len(train.labels), config.batch_size)[rows]
-    parallel.global_batch(self.mesh, {"image": train.images[idx]})  # warm-up (epoch order)
+    self.stepper.inputs(0, 1)  # warm-up (epoch order)
     t0 = time.perf_counter()
     for step in range(steps):
-      idx = data_lib.batch_indices(config.seed, step, len(train.labels), config.batch_size)[rows]
-      local = {"image": train.images[idx], "label": train.labels[idx]}
-      if config.supervised.enabled:
-        local["attributes"] = train.attributes[idx]
-      batch = parallel.global_batch(self.mesh, local)
+      batch = self.stepper.inputs(step, 1)
     jax.block_until_ready(batch)
     t1 = time.perf_counter()
     # A separate pass for the gather alone (the numpy part of the above).
@@ -170,7 +157,7 @@ class StepBench:
     state = self.state
     pending = []
     for _ in range(log_every):
-      state, metrics = self.train_step(state, self.batch)
+      state, metrics = self.train_step(state)
       pending.append(metrics)
     jax.block_until_ready((state, pending))
     t4 = time.perf_counter()
@@ -181,7 +168,7 @@ class StepBench:
     self.state = state
     # One log line as the loop writes it (JSON line, and TensorBoard scalars when TF is there).
     from amr_jax.metrics_writer import MetricsWriter  # pylint: disable=g-import-not-at-top
-    record = {k: float(v) for k, v in jax.device_get(pending[-1]).items()}
+    record = {k: float(v) for k, v in jax.device_get(pending[-1]).per_step()[0].items()}
     record["steps_per_s"] = 1.0
     with tempfile.TemporaryDirectory(prefix="amr_bench_writer_") as workdir:
       t7 = time.perf_counter()

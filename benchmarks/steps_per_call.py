@@ -12,8 +12,8 @@ import time
 from typing import Any, Sequence
 
 
-# On XLA:CPU a call's K steps are unrolled (amr_jax.stepper.resolve_loop): a call compiles K copies
-# of the step, so large K are not timed there.
+# On XLA:CPU a call's K steps are unrolled (amr_jax.stepper.resolve_loop): a call compiles K
+# copies of the step, so large K are not timed there.
 SKIPPED = ("XLA:CPU: a call's steps are unrolled (the step ran ~35x slower in a scan), so K "
            "copies of the step would compile; not timed on CPU")
 
@@ -29,31 +29,25 @@ def measure(config, dataset, ks: Sequence[int], steps: int) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from amr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from amr_jax import parallel  # pylint: disable=g-import-not-at-top
   from amr_jax import stepper as stepper_lib  # pylint: disable=g-import-not-at-top
-  from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
 
   placement = "device" if isinstance(dataset.train.images, np.ndarray) else "host"
-  nets = train_lib.build_networks(config, dataset)
-  optimizers = train_state_lib.make_optimizers(config.optim)
-  mesh = parallel.make_mesh()
-  seeded_step = train_lib.make_seeded_step(config, nets, optimizers)
-  init_state = train_lib.make_init_state(config, dataset, nets, optimizers, mesh)
+  run = common.set_up(config, dataset)
+  seeded_step = stepper_lib.make_seeded_step(run.config, run.nets, run.optimizers, run.seeds)
   by_k = {}
   for k in ks:
-    config_k = config.copy_and_resolve_references()
+    config_k = run.config.copy_and_resolve_references()
     config_k.steps_per_call = k
-    stepper = stepper_lib.make_stepper(config_k, dataset.train, seeded_step, mesh, placement)
+    stepper = stepper_lib.Stepper(config_k, dataset.train, seeded_step, run.mesh, run.seeds,
+                                  placement=placement, loop=run.loop)
     calls = max(1, round(steps / k))
     plan = stepper.plan(0, (calls + 1) * k)
-    state = init_state()
+    state = run.init_state()
     t0 = time.perf_counter()
-    stepper.compile(parallel.with_sharding(jax.eval_shape(init_state),
-                                           parallel.replicated(mesh)), *plan[0])
+    stepper.compile(run.state_spec, *plan[0])
     compile_s = time.perf_counter() - t0
-    with data_lib.Prefetcher(lambda i: stepper.inputs(*plan[i]), 0, len(plan)) as inputs:
+    with stepper.prefetch(plan) as inputs:
       state, metrics = stepper.run(state, *plan[0], inputs.next())  # warm-up
       jax.block_until_ready((state, metrics))
       t0 = time.perf_counter()

@@ -6,6 +6,7 @@
        AMR_TEST_KINK_FREE=1: tolerances.kink_free; AMR_TEST_EVALS=0: no evaluator)
 """
 
+import functools
 import os
 import sys
 
@@ -45,7 +46,8 @@ def one_step_on_1_and_4_devices(out):
     state = jax.jit(lambda: train_state_lib.create(nets, optimizers, jax.random.key(0), (32, 32, 1),
                                                            (4, 4, 2)),
                     out_shardings=parallel.replicated(mesh))()
-    jitted = parallel.jit_data_parallel(step, mesh, batch_args=(1,), num_args=3)
+    jitted = parallel.jit_data_parallel(functools.partial(step, update_generator=True), mesh,
+                                        batch_args=(1,), num_args=3)
     global_batch = parallel.global_batch(mesh, batch)
     assert len(global_batch["image"].sharding.device_set) == n
     new_state, metrics = jitted(state, global_batch, jax.random.key(1))

@@ -16,6 +16,7 @@ from amr_jax import config as config_lib
 from amr_jax import losses
 from amr_jax import mixers
 from amr_jax import networks
+from amr_jax import objective
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
 from tests import tolerances
@@ -163,26 +164,6 @@ def test_per_term_is_the_authors_sequence_of_discriminator_calls(model, update_g
   tolerances.assert_differs(batched_state.spectral, new_state.spectral)
 
 
-
-
-def test_per_term_with_g_chosen_by_the_step_is_the_static_choice():
-  config = authors_config("amr")
-  nets, state, step, batch = setup(config)
-  key = jax.random.key(3)
-  jitted = jax.jit(step, static_argnums=3)
-  static, chosen = {}, {}
-  for update_generator in (True, False):
-    static[update_generator], _ = jitted(state, batch, key, update_generator)
-    chosen[update_generator], _ = jitted(  # the step's number decides (g_every 2)
-        state.replace(step=jnp.asarray(0 if update_generator else 1)), batch, key, None)
-    tolerances.assert_close(*compared(
-        chosen[update_generator].replace(step=static[update_generator].step),
-        static[update_generator]))
-  # Negative control: the other choice.
-  tolerances.assert_differs(*compared(chosen[True].replace(step=static[False].step),
-                                      static[False]))
-
-
 def converged(nets, state, images, iterations=500):
   """``state`` with D's power iteration run until its estimates stop moving."""
   advance = lambda _, spectral: apply_d(nets, state.discriminator, spectral, images[:1])[1]
@@ -290,16 +271,18 @@ def test_bce_clamped_is_the_gan_loss_and_acais_critic_loss():
   # logit; under 'bce' it has one (negative control).
   for gan_loss, saturated in (("bce_clamped", True), ("bce", False)):
     config = authors_config("acai", gan_loss=gan_loss)
-    nets, state, step, batch = setup(config)
-    _, (_, _, fakes, extras) = step.generator_loss(state.generator, state, batch,
-                                                   jax.random.key(0))
+    nets, state, _, batch = setup(config)
+    setting = objective.Setting.from_config(config, nets)
+    draws = train_step_lib.draw(config, jax.random.key(0), code_of(nets, state, batch))
+    _, aux = objective.generator_loss(setting, state.generator, state.discriminator,
+                                      state.spectral, batch, draws)
     # Scale D's last layer so every logit saturates towards "fake" (critic target 0 is "real").
     params = dict(state.discriminator)
     last = sorted(params)[-1]
     params[last] = {"kernel": params[last]["kernel"] * 0.0, "bias": params[last]["bias"] * 0.0
                     + 40.0}
-    grads = jax.grad(lambda d: step.discriminator_loss(d, state, batch, fakes, extras)[0])(
-        params)
+    grads = jax.grad(lambda d: objective.critic_loss(setting, d, aux.spectral, batch, aux.fakes,
+                                                     aux.alpha)[0])(params)
     assert (float(jnp.abs(grads[last]["bias"]).max()) == 0.0) == saturated, gan_loss
 
 

@@ -46,6 +46,7 @@ from amr_jax import config as config_lib
 from amr_jax import from_authors
 from amr_jax import losses
 from amr_jax import networks
+from amr_jax import objective
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
 from tests import authors_fixtures as fx
@@ -107,6 +108,7 @@ def model(fixture_config: str, option: str, spectral_backward: str | None = None
                         spectral_input_conv=arch.spectral_input_conv,
                         spectral_power_iterations=arch.spectral_power_iterations)
   step = train_step_lib.make_train_step(config, nets, train_state_lib.make_optimizers(config.optim))
+  setting = objective.Setting.from_config(config, nets)
   per_term = config.discriminator_calls == "per_term"
 
   def discriminate(state, spectral, images):
@@ -124,13 +126,13 @@ def model(fixture_config: str, option: str, spectral_backward: str | None = None
       out[f"d_prob_{label}"] = jax.nn.sigmoid(out[f"d_logits_{label}"])
     return out
 
-  def discriminator_terms(state, x, fakes, extras):
+  def discriminator_terms(state, x, aux):
     """D's loss terms, each from D's outputs on its images as the step computes them: one
     forward over [x, *fakes] from the stored state ('batched'), or one per group from where G's
     side left it ('per_term')."""
-    groups = {"real": x, **{name: fakes[name] for name in ("rec", "mix") if name in fakes}}
+    groups = {"real": x, **{name: getattr(aux.fakes, name) for name in aux.fakes.names()}}
     if per_term:
-      logits, spectral = {}, extras["spectral"]
+      logits, spectral = {}, aux.spectral
       for name, images in groups.items():
         logits[name], new = discriminate(state, spectral, images)
         spectral = new[networks.SPECTRAL]
@@ -138,7 +140,7 @@ def model(fixture_config: str, option: str, spectral_backward: str | None = None
       out, _ = discriminate(state, state.spectral, jnp.concatenate(list(groups.values())))
       logits = dict(zip(groups, jnp.split(out, len(groups))))
     if config.model == "acai":  # their critic: BCE, targets 0, 0 and 2 min(alpha, 1 - alpha)
-      alpha = extras["alpha"]
+      alpha = aux.alpha
       targets = {"real": 0.0, "rec": 0.0, "mix": 2.0 * jnp.minimum(alpha, 1.0 - alpha)}
       bce = losses.bce_clamped if config.gan_loss == "bce_clamped" else (
           lambda z, t: jnp.mean(optax.sigmoid_binary_cross_entropy(z, t)))
@@ -150,12 +152,13 @@ def model(fixture_config: str, option: str, spectral_backward: str | None = None
     forward (no gradient): G's terms (a D-only step skips those through D), the decoded images,
     D's terms one by one. Gradients are read off the step's Adam moments (implied_gradients)."""
     new_state, metrics = step(state, batch, None, update_generator=update_generator, draws=draws)
-    g_total, (terms, h, fakes, extras) = step.generator_loss(state.generator, state, batch, None,
-                                                             draws=draws)
-    out = {"state": new_state, "metrics": metrics, "g_total": g_total, "terms": terms,
-           "d_terms": discriminator_terms(state, batch["image"], fakes, extras), "fakes": fakes}
+    g_total, aux = objective.generator_loss(setting, state.generator, state.discriminator,
+                                            state.spectral, batch, draws)
+    out = {"state": new_state, "metrics": metrics, "g_total": g_total, "terms": aux.terms,
+           "d_terms": discriminator_terms(state, batch["image"], aux),
+           "fakes": aux.fakes._asdict()}
     if update_generator:  # the forward checks read it at the iteration's start state
-      out["forward"] = forward(state, batch["image"], h, fakes["rec"])
+      out["forward"] = forward(state, batch["image"], aux.codes, aux.fakes.rec)
     return out
 
   return Model(config, {g: jax.jit(functools.partial(iteration, update_generator=g))

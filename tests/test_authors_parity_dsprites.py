@@ -38,6 +38,7 @@ import pytest
 
 from amr_jax import config as config_lib
 from amr_jax import from_authors
+from amr_jax import model
 from amr_jax import networks
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
@@ -129,7 +130,7 @@ def other_draws(draws: train_step_lib.Draws) -> train_step_lib.Draws:
 def decode(s: Setup, generator: Any, z: jax.Array) -> np.ndarray:
   """Images as the authors' Tanh decoder gives them, NCHW."""
   out = s.nets.decoder.apply({"params": generator["decoder"]}, z)
-  return nchw(train_step_lib.to_image(out, "bce"))
+  return nchw(model.to_image(out, "bce"))
 
 
 def forward_fractions(s: Setup) -> dict[str, float]:
@@ -140,7 +141,7 @@ def forward_fractions(s: Setup) -> dict[str, float]:
   if s.config.model != "beta_vae":
     decoded = s.nets.decoder.apply({"params": s.state.generator["decoder"]}, raw)
     for label, images in (("real", s.batch["image"]),
-                          ("rec", train_step_lib.to_image(decoded, "bce"))):
+                          ("rec", model.to_image(decoded, "bce"))):
       logits, _ = s.nets.discriminator.apply(
           {"params": s.state.discriminator, networks.SPECTRAL: s.state.spectral}, images,
           update_stats=True, mutable=[networks.SPECTRAL])

@@ -13,10 +13,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from amr_jax import model
 from amr_jax import parallel
+from amr_jax import seeds as seeds_lib
 from amr_jax import train
 from amr_jax import train_state as train_state_lib
-from amr_jax import train_step
 from amr_jax.evaluators import common
 from amr_jax.evaluators import frozen_probe
 from amr_jax.evaluators import pictures
@@ -32,11 +33,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def setup(config):
   """The loop's own context and initial state for ``config``."""
   dataset = train.load_dataset(config)
-  nets = train.build_networks(config, dataset)
+  nets = model.build_networks(config, dataset)
   mesh = parallel.make_mesh()
-  init_state, _ = train.make_jitted_state_and_steps(
-      config, dataset, nets, train_state_lib.make_optimizers(config.optim), mesh)
-  return train.make_evaluator_context(config, dataset, nets, mesh), init_state()
+  seeds = seeds_lib.Seeds.of(config)
+  init_state = train.make_init_state(
+      config, dataset, nets, train_state_lib.make_optimizers(config.optim), mesh, seeds)
+  return train.make_evaluator_context(config, dataset, nets, mesh, seeds), init_state()
 
 
 def one_seed(state, i, num_seeds):
@@ -52,10 +54,10 @@ def test_probe_accuracy_counts_every_example_once_per_seed(num_seeds):
   assert len(ctx.dataset.valid.labels) % 64
   evaluator = probe.Evaluator(ctx)
   result = evaluator.evaluate(state, step=2)
-  logits = train_step.make_probe_logits(ctx.nets, config)
   for split in ("valid", "test"):
     data = getattr(ctx.dataset, split)
-    expected = [float(np.mean(np.argmax(logits(one_seed(state, i, num_seeds), data.images), -1)
+    expected = [float(np.mean(np.argmax(model.probe_logits(
+        ctx.nets, config, one_seed(state, i, num_seeds), data.images), -1)
                               == data.labels)) for i in range(num_seeds)]
     np.testing.assert_allclose(result.metrics[f"{split}_probe_acc"], expected, atol=1e-6)
   assert result.metrics["best_valid_probe_acc"] == result.metrics["valid_probe_acc"]
@@ -77,7 +79,7 @@ def test_reconstruction_error_matches_a_direct_computation():
   expected = []
   for i in range(2):
     s = one_seed(state, i, 2)
-    decoded = ctx.nets.decoder.apply({"params": s.generator["decoder"]}, train_step.code(
+    decoded = ctx.nets.decoder.apply({"params": s.generator["decoder"]}, model.encode(
         ctx.nets, config, s.generator["encoder"], images))
     expected.append(float(jnp.mean(jnp.abs(decoded - images))))
   np.testing.assert_allclose(result.metrics["valid_recon_l1"], expected, rtol=1e-5)
@@ -108,7 +110,7 @@ def test_frozen_probe_evaluator_fits_each_seeds_own_codes():
   data = ctx.dataset
   for i in range(2):
     encoder = one_seed(state, i, 2).generator["encoder"]
-    codes = lambda images: np.asarray(train_step.code(ctx.nets, config, encoder, images)
+    codes = lambda images: np.asarray(model.encode(ctx.nets, config, encoder, images)
                                       ).reshape(len(images), -1)
     expected = frozen_probe.fit_linear_probe(
         (codes(data.train.images[:300]), data.train.labels[:300]),

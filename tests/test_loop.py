@@ -9,7 +9,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+from amr_jax import preemption
+from amr_jax import stepper
 from amr_jax import train
+from amr_jax import train_step
 from amr_jax.metrics_writer import MetricsWriter
 from experiments.configs import tiny
 
@@ -50,7 +53,7 @@ def test_each_step_variant_is_traced_once_per_run(tmp_path, monkeypatch):
   (initial or restored): each variant of the step (with and without G's update) is traced once
   per run, also when a resumed run starts on the one without."""
   traced = []
-  make_train_step = train.train_step_lib.make_train_step
+  make_train_step = train_step.make_train_step
 
   def counting_make_train_step(*args, **kwargs):
     step_fn = make_train_step(*args, **kwargs)
@@ -60,7 +63,7 @@ def test_each_step_variant_is_traced_once_per_run(tmp_path, monkeypatch):
       return step_fn(state, batch, key, update_generator)
     return counted
 
-  monkeypatch.setattr(train.train_step_lib, "make_train_step", counting_make_train_step)
+  monkeypatch.setattr(train_step, "make_train_step", counting_make_train_step)
   config = tiny.get_config()  # g_every 2
   config.num_train_steps = config.checkpoint_every = config.eval_every = 3
   train.train_and_evaluate(config, str(tmp_path))  # steps 0, 1, 2: G updated at 0 and 2
@@ -96,8 +99,8 @@ def test_tensorboard_events_hold_every_scalar(tmp_path):
 def test_the_host_dispatches_at_most_two_calls_ahead_of_the_device(tmp_path, monkeypatch):
   """SIGTERM acts between calls, so the host must not queue many calls ahead of the device: with
   each step made slow on the device (a 0.2 s host callback inside it), the host never holds more
-  than train.MAX_CALLS_IN_FLIGHT unfinished calls when it dispatches the next one."""
-  make_train_step = train.train_step_lib.make_train_step
+  than preemption.MAX_CALLS_IN_FLIGHT unfinished calls when it dispatches the next one."""
+  make_train_step = train_step.make_train_step
 
   def slow_make_train_step(*args, **kwargs):
     step_fn = make_train_step(*args, **kwargs)
@@ -110,23 +113,17 @@ def test_the_host_dispatches_at_most_two_calls_ahead_of_the_device(tmp_path, mon
     return slow
 
   unfinished = []
-  make_stepper = train.stepper_lib.make_stepper
+  outputs = []
+  run = stepper.Stepper.run
 
-  def watching_make_stepper(*args, **kwargs):
-    stepper = make_stepper(*args, **kwargs)
-    outputs = []
-    run = stepper.run
+  def watched(self, state, first, n, inputs):
+    unfinished.append(sum(not all(a.is_ready() for a in jax.tree.leaves(o)) for o in outputs))
+    state, metrics = run(self, state, first, n, inputs)
+    outputs.append(metrics)
+    return state, metrics
 
-    def watched(state, first, n, inputs):
-      unfinished.append(sum(not all(a.is_ready() for a in jax.tree.leaves(o)) for o in outputs))
-      state, metrics = run(state, first, n, inputs)
-      outputs.append(metrics)
-      return state, metrics
-    stepper.run = watched
-    return stepper
-
-  monkeypatch.setattr(train.train_step_lib, "make_train_step", slow_make_train_step)
-  monkeypatch.setattr(train.stepper_lib, "make_stepper", watching_make_stepper)
+  monkeypatch.setattr(train_step, "make_train_step", slow_make_train_step)
+  monkeypatch.setattr(stepper.Stepper, "run", watched)
   config = tiny.get_config()
   config.num_train_steps = config.log_every = config.eval_every = config.checkpoint_every = 12
   # One step variant and no evaluators: a step with a host callback is not persistently cached.
@@ -134,4 +131,28 @@ def test_the_host_dispatches_at_most_two_calls_ahead_of_the_device(tmp_path, mon
   config.evals = ml_collections.ConfigDict()
   train.train_and_evaluate(config, str(tmp_path))
   assert len(unfinished) == 12
-  assert max(unfinished) <= train.MAX_CALLS_IN_FLIGHT, unfinished
+  assert max(unfinished) <= preemption.MAX_CALLS_IN_FLIGHT, unfinished
+
+
+def test_a_given_dataset_is_trained_on_and_hooks_note_the_loop(tmp_path, monkeypatch):
+  """``dataset=`` trains on that dataset without loading ``config.data`` (loading is made to
+  fail: the same call without it fails), and the hooks see the loop's moments in order."""
+  config = tiny.get_config()
+  dataset = train.load_dataset(config)
+  config.num_train_steps = config.log_every = config.eval_every = config.checkpoint_every = 2
+
+  def no_loading(*args, **kwargs):
+    raise RuntimeError("loaded the data")
+
+  monkeypatch.setattr(train.data_lib, "load", no_loading)
+  with pytest.raises(RuntimeError, match="loaded the data"):  # negative control
+    train.train_and_evaluate(config, str(tmp_path / "loads"))
+  events = []
+  hooks = train.Hooks(on_event=lambda event, step: events.append((event, step)),
+                      wait_for_saves=True)
+  state, summary = train.train_and_evaluate(config, str(tmp_path / "given"), dataset=dataset,
+                                            hooks=hooks)
+  assert int(state.step) == 2 and summary["step"] == 2
+  assert events == [("ready", 0), ("compiled", 0), ("dispatched", 1), ("dispatched", 2),
+                    ("eval", 2), ("logged", 2), ("saved", 2)]
+  assert list(metrics(tmp_path / "given")) == [2]

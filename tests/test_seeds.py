@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from amr_jax import seeds
 from amr_jax import train
 from experiments.configs import tiny
 from tests import tolerances
@@ -52,12 +53,12 @@ def test_each_seed_of_a_side_by_side_run_equals_that_seed_alone(tmp_path):
 
 def test_auto_batching_unrolls_on_cpu_and_vmaps_elsewhere():
   expected = "unroll" if jax.default_backend() == "cpu" else "vmap"
-  assert train.resolve_seed_batching("auto") == expected
-  assert train.resolve_seed_batching("vmap") == "vmap"
+  assert seeds.resolve_batching("auto") == expected
+  assert seeds.resolve_batching("vmap") == "vmap"
 
 
 def test_shared_arguments_are_seen_whole_by_every_seed():
   fn = lambda w, x: w * x
   w, x = np.arange(3.0)[:, None], np.ones((3, 4))  # x: not per seed, though its axis 0 is 3
   for mode in ("vmap", "unroll"):
-    np.testing.assert_array_equal(train.over_seeds(fn, mode, shared=(1,))(w, x), w[:, :, None] * x)
+    np.testing.assert_array_equal(seeds.over_seeds(fn, mode, shared=(1,))(w, x), w[:, :, None] * x)

@@ -238,6 +238,7 @@ def test_spiral_config_validates_and_parses_its_argument():
 
 def test_spiral_config_trains_and_its_mixes_evaluate(tmp_path):
   # A few steps of the real train step on spiral batches, then the evaluation train.py runs.
+  from amr_jax import model  # pylint: disable=g-import-not-at-top
   from amr_jax import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
   from amr_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
 
@@ -249,16 +250,15 @@ def test_spiral_config_trains_and_its_mixes_evaluate(tmp_path):
   optimizers = train_state_lib.make_optimizers(config.optim)
   state = train_state_lib.create(nets, optimizers, jax.random.key(0), (2,),
                                  networks.latent_shape("mlp2d", latent_dim=config.arch.latent_dim))
-  step = jax.jit(train_step_lib.make_train_step(config, nets, optimizers))
+  step = jax.jit(train_step_lib.make_train_step(config, nets, optimizers), static_argnums=3)
   for i in range(2):
     idx = data_lib.batch_indices(config.seed, i, len(ds.train), config.batch_size)
     batch = {"image": ds.train.images[idx], "label": ds.train.labels[idx]}
-    state, metrics = step(state, batch, jax.random.key(i))
+    state, metrics = step(state, batch, jax.random.key(i), i % config.g_every == 0)
   assert np.isfinite(float(metrics["consistency"]))
 
-  encode = jax.jit(lambda s, x: train_step_lib.code(nets, config, s.generator["encoder"], x))
-  decode = jax.jit(lambda s, h: train_step_lib.to_image(
-      nets.decoder.apply({"params": s.generator["decoder"]}, h), config.recon_loss))
+  encode = jax.jit(lambda s, x: model.encode(nets, config, s.generator["encoder"], x))
+  decode = jax.jit(lambda s, h: model.decode(nets, config, s.generator["decoder"], h))
   stats, mixes = spiral.evaluate_mixes(
       ds.train.images, jax.random.key(1), encode_fn=lambda x: encode(state, x),
       decode_fn=lambda h: decode(state, h), k=config.k, mixer=config.mixer)

@@ -10,6 +10,7 @@ import pytest
 from amr_jax import config as config_lib
 from amr_jax import data as data_lib
 from amr_jax import parallel
+from amr_jax import seeds as seeds_lib
 from amr_jax import stepper
 from amr_jax import train
 from experiments.configs import tiny
@@ -60,10 +61,7 @@ def test_a_run_resumed_with_another_k_continues_the_same_steps(tmp_path):
 
 
 def test_plan_runs_whole_calls_where_aligned_and_single_steps_elsewhere():
-  config = tiny.get_config()
-  config.steps_per_call = 4
-  dataset = train.load_dataset(config)
-  plan = stepper.make_stepper(config, dataset.train, None, parallel.make_mesh(), "host").plan
+  plan = lambda start, stop: stepper.plan_calls(start, stop, per_call=4)
   assert plan(3, 14) == [(3, 1), (4, 4), (8, 4), (12, 1), (13, 1)]
   assert plan(0, 8) == [(0, 4), (4, 4)]
   assert plan(8, 8) == []
@@ -76,10 +74,11 @@ def test_device_batches_are_the_host_batches():
   mesh = parallel.make_mesh()
   gathered = []
   for placement in ("host", "device"):
-    steps = stepper.make_stepper(config, dataset.train, lambda s, b, flag: (s, b), mesh,
-                                 placement)
+    steps = stepper.Stepper(config, dataset.train, lambda s, b, flag: (s, b), mesh,
+                            seeds_lib.Seeds.of(config), placement=placement,
+                            loop=stepper.resolve_loop(config.steps_per_call_loop))
     _, batches = steps.run({}, 6, 2, steps.inputs(6, 2))  # the "step" returns its batch
-    gathered.append(steps.unstack(2, parallel.to_host(batches)))
+    gathered.append(parallel.to_host(batches).per_step())
   for step, (host, device) in enumerate(zip(*gathered), start=6):
     assert host["image"].shape == (2, 8, 32, 32, 1)  # (seeds, batch, ...)
     for i, seed in enumerate((0, 1)):

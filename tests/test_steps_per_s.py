@@ -9,6 +9,7 @@ from jax.experimental import io_callback
 import numpy as np
 
 from amr_jax import train
+from amr_jax import train_step
 from experiments.configs import tiny
 
 
@@ -30,7 +31,7 @@ def test_steps_per_s_counts_training_time_only_and_reports_evaluations_apart(tmp
   evaluation as training.)"""
   step_done = {}  # step -> when its sleep ended on the device
   pauses = {"eval": [], "checkpoint": []}  # (start, end), as the test sees them
-  make_train_step = train.train_step_lib.make_train_step
+  make_train_step = train_step.make_train_step
 
   def slow_make_train_step(*args, **kwargs):
     step_fn = make_train_step(*args, **kwargs)
@@ -63,7 +64,7 @@ def test_steps_per_s_counts_training_time_only_and_reports_evaluations_apart(tmp
       return result
     return wrapped
 
-  monkeypatch.setattr(train.train_step_lib, "make_train_step", slow_make_train_step)
+  monkeypatch.setattr(train_step, "make_train_step", slow_make_train_step)
   monkeypatch.setattr(train, "make_finite_check", noting_make_finite_check)
   monkeypatch.setattr(train.evaluators, "run_due", timed("eval", train.evaluators.run_due, 2.0))
   monkeypatch.setattr(train.checkpointing.Checkpointer, "save",

@@ -1,4 +1,5 @@
-"""The train step: who is updated when, and where gradients stop."""
+"""The train step: who is updated when, and where gradients stop (the objective's loss
+functions called directly)."""
 
 import chex
 import jax
@@ -9,7 +10,9 @@ import pytest
 
 from amr_jax import config as config_lib
 from amr_jax import mixers
+from amr_jax import model
 from amr_jax import networks
+from amr_jax import objective
 from amr_jax import train_state as train_state_lib
 from amr_jax import train_step as train_step_lib
 from tests import tolerances
@@ -47,6 +50,24 @@ def setup(config, num_attributes=0):
   return nets, state, step, batch
 
 
+def setting_of(config, nets):
+  return objective.Setting.from_config(config, nets)
+
+
+def draws_of(config, nets, state, batch, key, num_attributes=0):
+  """The draws the step makes from ``key``."""
+  return train_step_lib.draw(config, key, _code(nets, config, state, batch), num_attributes)
+
+
+def generator_loss(config, nets, state, batch, key, generator=None, draws=None):
+  """G's loss at ``state`` (``generator``: its parameters, by default the state's)."""
+  attributes = batch["attributes"].shape[-1] if config.supervised.enabled else 0
+  draws = draws_of(config, nets, state, batch, key, attributes) if draws is None else draws
+  return objective.generator_loss(
+      setting_of(config, nets), state.generator if generator is None else generator,
+      state.discriminator, state.spectral, batch, draws)
+
+
 def changed(a, b):
   return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -56,16 +77,19 @@ def amr():
   return setup(tiny_config())
 
 
-def test_g_updates_every_g_every_steps_d_and_probe_every_step(amr):
+def test_g_updates_when_told_d_and_probe_every_step(amr):
   _, state, step, batch = amr
-  jitted = jax.jit(step)
+  jitted = jax.jit(step, static_argnums=3)
   key = jax.random.key(1)
   history = [state]
+  g_terms = {"g_loss", "gan_rec", "gan_mix", "consistency"}
   for i in range(4):
-    state, metrics = jitted(state, batch, jax.random.fold_in(key, i))
+    state, metrics = jitted(state, batch, jax.random.fold_in(key, i), i % 2 == 0)
     history.append(state)
     assert float(metrics["g_updated"]) == (i % 2 == 0)
-    for name in ("g_loss", "d_loss", "probe_loss", "recon", "gan_rec", "gan_mix", "consistency"):
+    # Without G's update the step skips G's terms through D (and logs none of them).
+    assert g_terms <= set(metrics) if i % 2 == 0 else not g_terms & set(metrics)
+    for name in ("d_loss", "probe_loss", "recon", *(g_terms if i % 2 == 0 else ())):
       assert np.isfinite(metrics[name]), name
   for i in range(4):
     before, after = history[i], history[i + 1]
@@ -76,74 +100,66 @@ def test_g_updates_every_g_every_steps_d_and_probe_every_step(amr):
     assert int(after.step) == i + 1
 
 
-@pytest.mark.equivalence
-def test_static_generator_choice_equals_the_conditional(amr):
-  """The loop compiles one step per case (update_generator True / False) instead of a lax.cond
-  on the step; both give the same states as the conditional."""
-  _, state, step, batch = amr
-  by_cond = jax.jit(step)
-  by_flag = jax.jit(step, static_argnums=3)
-  key = jax.random.key(1)
-  a = b = state
-  for i in range(3):
-    previous_b = b
-    a, metrics_a = by_cond(a, batch, jax.random.fold_in(key, i))
-    b, metrics_b = by_flag(b, batch, jax.random.fold_in(key, i), i % 2 == 0)
-    assert float(metrics_b["g_updated"]) == (i % 2 == 0)
-    # Without G's update the static step skips G's terms through D (and logs none of them).
-    skipped = set(metrics_a) - set(metrics_b)
-    assert skipped == (set() if i % 2 == 0 else {"g_loss", "gan_rec", "gan_mix", "consistency"})
-    tolerances.assert_close((b, metrics_b), (a, {k: metrics_a[k] for k in metrics_b}))
-  # Negative control: one step apart fails the same check.
-  tolerances.assert_differs(previous_b, a)
-
-
 def test_probe_loss_sends_no_gradient_into_encoder(amr):
-  nets, state, step, batch = amr
+  nets, state, _, batch = amr
+  setting = setting_of(tiny_config(), nets)
 
   def through_encoder(generator):
     h = nets.encoder.apply({"params": generator["encoder"]}, batch["image"])
-    return step.probe_loss(state.probe, h, batch["label"])[0]
+    return objective.probe_loss(setting, state.probe, h, batch["label"])[0]
 
   grads = jax.grad(through_encoder)(state.generator)
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads))
   # ... while the probe itself does learn from it.
-  probe_grads = jax.grad(lambda p: step.probe_loss(p, jnp.ones((BATCH, 4, 4, 2)),
-                                                   batch["label"])[0])(state.probe)
+  probe_grads = jax.grad(lambda p: objective.probe_loss(
+      setting, p, jnp.ones((BATCH, 4, 4, 2)), batch["label"])[0])(state.probe)
   assert any(np.any(g != 0) for g in jax.tree.leaves(probe_grads))
 
 
 def test_discriminator_loss_sends_no_gradient_into_generator(amr):
-  nets, state, step, batch = amr
+  nets, state, _, batch = amr
+  config = tiny_config()
+  setting = setting_of(config, nets)
   key = jax.random.key(2)
 
   def through_generator(generator):
-    _, (_, _, fakes, extras) = step.generator_loss(generator, state, batch, key)
-    return step.discriminator_loss(state.discriminator, state, batch, fakes, extras)[0]
+    _, aux = generator_loss(config, nets, state, batch, key, generator=generator)
+    return objective.discriminator_loss(setting, state.discriminator, aux.spectral, batch,
+                                        aux.fakes)[0]
 
   grads = jax.grad(through_generator)(state.generator)
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads))
+
+  # Negative control: the same loss from D's outputs on the fakes, not held, reaches G.
+  def unheld(generator):
+    _, aux = generator_loss(config, nets, state, batch, key, generator=generator)
+    names = aux.fakes.names()
+    out, _ = objective.judge(setting, state.discriminator, aux.spectral,
+                             [batch["image"], *(getattr(aux.fakes, n) for n in names)])
+    return objective.gan_discriminator_loss(setting, out, names, batch)[0]
+
+  assert any(np.any(g != 0) for g in jax.tree.leaves(jax.grad(unheld)(state.generator)))
 
 
 def test_generator_update_does_not_depend_on_labels(amr):
   _, state, step, batch = amr
   key = jax.random.key(3)
   other = dict(batch, label=(batch["label"] + 1) % 10)
-  a, _ = jax.jit(step)(state, batch, key)
-  b, _ = jax.jit(step)(state, other, key)
+  a, _ = jax.jit(step, static_argnums=3)(state, batch, key, True)
+  b, _ = jax.jit(step, static_argnums=3)(state, other, key, True)
   chex.assert_trees_all_equal(a.generator, b.generator)
   chex.assert_trees_all_equal(a.discriminator, b.discriminator)
   assert changed(a.probe, b.probe)
 
 
 def test_generator_loss_does_not_touch_spectral_state(amr):
-  _, state, step, batch = amr
+  nets, state, _, batch = amr
   # No collection is mutable in G's loss: it would raise if D tried to update its spectral state.
-  loss, (terms, h, fakes, _) = step.generator_loss(state.generator, state, batch,
-                                                   jax.random.key(4))
-  assert set(fakes) == {"rec", "mix"}
-  chex.assert_shape(h, (BATCH, 4, 4, 2))
+  loss, aux = generator_loss(tiny_config(), nets, state, batch, jax.random.key(4))
+  assert aux.fakes.names() == ["rec", "mix"]
+  chex.assert_shape(aux.codes, (BATCH, 4, 4, 2))
   assert np.isfinite(loss)
+  assert aux.spectral is state.spectral and aux.judged is None
 
 
 @pytest.mark.parametrize("overrides", [
@@ -164,7 +180,7 @@ def test_each_method_takes_a_step_with_finite_losses(overrides):
   config = tiny_config(**overrides)
   config_lib.validate(config, check_data=False)
   _, state, step, batch = setup(config, num_attributes=3 if config.supervised.enabled else 0)
-  new_state, metrics = jax.jit(step)(state, batch, jax.random.key(5))
+  new_state, metrics = jax.jit(step, static_argnums=3)(state, batch, jax.random.key(5), True)
   assert all(np.isfinite(v) for v in jax.tree.leaves(metrics)), metrics
   assert ("gan_mix" in metrics) == (config.model == "amr")
   assert ("critic_mix" in metrics) == (config.model == "acai")
@@ -183,26 +199,27 @@ def test_acai_critic_regresses_the_folded_alpha(variant):
   config = tiny_config(model="acai", g_every=1, acai__variant=variant)
   nets, state, step, batch = setup(config)
   key = jax.random.key(6)
-  _, (_, _, fakes, extras) = step.generator_loss(state.generator, state, batch, key)
+  _, aux = generator_loss(config, nets, state, batch, key)
   # alpha is the mixup weight of source 0, drawn exactly as the mixer draws it.
   key_mix = jax.random.split(key, 3)[0]
   key_partners, key_weights = jax.random.split(key_mix)
   h = nets.encoder.apply({"params": state.generator["encoder"]}, batch["image"])
   _, weights = mixers.mixup(key_weights, mixers.partners(key_partners, h, 2))
-  np.testing.assert_allclose(extras["alpha"], weights[0].reshape(-1))
-  folded = np.minimum(extras["alpha"], 1 - extras["alpha"])
+  np.testing.assert_allclose(aux.alpha, weights[0].reshape(-1))
+  folded = np.minimum(aux.alpha, 1 - aux.alpha)
   assert folded.max() <= 0.5
 
   critic = lambda images: nets.discriminator.apply(
       {"params": state.discriminator, networks.SPECTRAL: state.spectral}, images,
       update_stats=False)
-  loss, (_, metrics) = step.discriminator_loss(state.discriminator, state, batch, fakes, extras)
+  loss, (_, metrics) = objective.critic_loss(setting_of(config, nets), state.discriminator,
+                                             aux.spectral, batch, aux.fakes, aux.alpha)
   np.testing.assert_allclose(metrics["critic_target_mean"], folded.mean(), rtol=1e-6)
   # Recompute the critic's loss by hand from the reference's formulas. (The spectral state used
   # here is the pre-update one; with update_stats=True the normalisation moves a little.)
-  x, rec, mix = batch["image"], fakes["rec"], fakes["mix"]
+  x, rec, mix = batch["image"], aux.fakes.rec, aux.fakes.mix
   if variant == "berthelot":
-    blend = train_step_lib.ACAI_GAMMA * x + (1 - train_step_lib.ACAI_GAMMA) * rec
+    blend = objective.ACAI_GAMMA * x + (1 - objective.ACAI_GAMMA) * rec
     expected = np.mean((critic(mix) - folded) ** 2) + np.mean(critic(blend) ** 2)
   else:
     bce = lambda logits, target: np.mean(optax.sigmoid_binary_cross_entropy(logits, target))
@@ -213,11 +230,10 @@ def test_acai_critic_regresses_the_folded_alpha(variant):
 @pytest.mark.parametrize("mask_kind", ["soft", "sampled"])
 def test_supervised_mixer_mask_shape_and_range(mask_kind):
   config = tiny_config(supervised__enabled=True, supervised__mask=mask_kind, g_every=1)
-  _, state, step, batch = setup(config, num_attributes=3)
-  _, (terms, h, fakes, extras) = step.generator_loss(state.generator, state, batch,
-                                                     jax.random.key(7))
-  mask, y_mix = np.asarray(extras["mask"]), np.asarray(extras["y_mix"])
-  chex.assert_shape(mask, (BATCH, h.shape[-1]))  # one entry per example and channel
+  nets, state, _, batch = setup(config, num_attributes=3)
+  _, aux = generator_loss(config, nets, state, batch, jax.random.key(7))
+  mask, y_mix = np.asarray(aux.mask), np.asarray(aux.y_mix)
+  chex.assert_shape(mask, (BATCH, aux.codes.shape[-1]))  # one entry per example and channel
   assert mask.min() >= 0 and mask.max() <= 1
   if mask_kind == "sampled":
     assert set(np.unique(mask)) <= {0.0, 1.0}
@@ -225,10 +241,10 @@ def test_supervised_mixer_mask_shape_and_range(mask_kind):
     assert 0 < mask.min() and mask.max() < 1
   chex.assert_shape(y_mix, (BATCH, 3))
   assert set(np.unique(y_mix)) <= {0.0, 1.0}  # each attribute comes from one of the pair
-  chex.assert_shape(fakes["sup"], batch["image"].shape)
+  chex.assert_shape(aux.fakes.sup, batch["image"].shape)
   # The mixer is part of G: G's loss reaches its parameters.
-  grads = jax.grad(lambda g: step.generator_loss(g, state, batch, jax.random.key(7))[0])(
-      state.generator)
+  grads = jax.grad(lambda g: generator_loss(config, nets, state, batch, jax.random.key(7),
+                                            generator=g)[0])(state.generator)
   assert any(np.any(g != 0) for g in jax.tree.leaves(grads["mixer"]))
 
 
@@ -236,7 +252,7 @@ def test_supervised_mixer_mask_shape_and_range(mask_kind):
 
 
 def _code(nets, config, state, batch):
-  return train_step_lib.code(nets, config, state.generator["encoder"], batch["image"])
+  return model.encode(nets, config, state.generator["encoder"], batch["image"])
 
 
 @pytest.mark.parametrize("overrides,update_generator", [
@@ -313,23 +329,20 @@ def test_draw_derives_every_draw_from_the_key_as_the_step_always_has():
 def test_given_alpha_is_the_acai_critics_alpha():
   # Draws from elsewhere (e.g. the authors' code: a permutation and alpha ~ U(0, 1) per example).
   config = tiny_config(model="acai", g_every=1)
-  nets, state, step, batch = setup(config)
+  nets, state, _, batch = setup(config)
   rng = np.random.default_rng(2)
   alpha = rng.uniform(size=BATCH).astype(np.float32)
   perm = rng.permutation(BATCH)
   draws = train_step_lib.Draws(
       permutations=jnp.asarray(perm[None]),
       weights=jnp.asarray(np.stack([alpha, 1 - alpha]).reshape(2, BATCH, 1, 1, 1)))
-  _, (_, h, fakes, extras) = step.generator_loss(state.generator, state, batch, None,
-                                                 draws=draws)
-  np.testing.assert_array_equal(extras["alpha"], alpha)
-  h = np.asarray(h)
+  _, aux = generator_loss(config, nets, state, batch, None, draws=draws)
+  np.testing.assert_array_equal(aux.alpha, alpha)
+  h = np.asarray(aux.codes)
   mix = alpha[:, None, None, None] * h + (1 - alpha[:, None, None, None]) * h[perm]
-  decoded = train_step_lib.to_image(
-      nets.decoder.apply({"params": state.generator["decoder"]}, jnp.asarray(mix)),
-      config.recon_loss)
-  tolerances.assert_close(fakes["mix"], decoded)
-  tolerances.assert_differs(fakes["mix"], fakes["rec"])  # negative control
+  decoded = model.decode(nets, config, state.generator["decoder"], jnp.asarray(mix))
+  tolerances.assert_close(aux.fakes.mix, decoded)
+  tolerances.assert_differs(aux.fakes.mix, aux.fakes.rec)  # negative control
 
 
 def test_given_draws_of_the_wrong_shape_fail_naming_the_field():
@@ -342,3 +355,8 @@ def test_given_draws_of_the_wrong_shape_fail_naming_the_field():
     step(state, batch, None, True, draws._replace(noise=jnp.zeros((BATCH, 4, 4, 2))))
   with pytest.raises(ValueError, match="needs a key, or draws"):
     step(state, batch, None, True)
+  # G's schedule is static: the loop says which step it is.
+  with pytest.raises(TypeError, match="update_generator must be a Python bool"):
+    step(state, batch, jax.random.key(0), None)
+  with pytest.raises(TypeError, match="update_generator must be a Python bool"):
+    step(state, batch, jax.random.key(0), jnp.asarray(True))

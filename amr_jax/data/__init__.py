@@ -18,8 +18,9 @@ from amr_jax.data.datasets import DSPRITES_ATTRIBUTES
 from amr_jax.data.datasets import Dataset
 from amr_jax.data.datasets import Split
 from amr_jax.data.datasets import check_available
+from amr_jax.data.datasets import check_name
 from amr_jax.data.datasets import load
 from amr_jax.data.prefetch import Prefetcher
 
 __all__ = ["DATASETS", "CELEBA_DEFAULT_ATTRIBUTES", "DSPRITES_ATTRIBUTES", "Dataset", "Split",
-           "load", "batch_indices", "Prefetcher", "check_available"]
+           "load", "batch_indices", "Prefetcher", "check_available", "check_name"]

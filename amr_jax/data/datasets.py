@@ -51,7 +51,7 @@ from amr_jax.data import spiral
 from amr_jax.data import tfds_source
 
 __all__ = ["DATASETS", "TRAIN_SUBSETS", "CELEBA_DEFAULT_ATTRIBUTES", "DSPRITES_ATTRIBUTES",
-           "Split", "Dataset", "load", "check_available"]
+           "Split", "Dataset", "load", "check_available", "check_name"]
 
 DATASETS = ("digits", "mnist", "kmnist", "fashion_mnist", "svhn_cropped", "cifar10", "spiral",
             "dsprites", "celeb_a")
@@ -126,6 +126,14 @@ class Dataset:
   attribute_names: tuple[str, ...] = ()
 
 
+def check_name(name: str) -> None:
+  """Raises ValueError (one line) unless ``name`` is one of :data:`DATASETS`: the one place this
+  rule is checked (config validation asks it too)."""
+  if name not in DATASETS:
+    raise ValueError(f"config.data.name={name!r} is not allowed; allowed: "
+                     + ", ".join(repr(d) for d in DATASETS))
+
+
 def _not_available(msg: str) -> ValueError:
   # One line, so that it reads whole in a log or a failed-job summary.
   return ValueError(" ".join(msg.split()))
@@ -146,8 +154,7 @@ def check_available(name: str, *, manual_dir: str = "", data_dir: str = "",
   Raises:
     ValueError: (one line) naming the offending field and value and how to provide the data.
   """
-  if name not in DATASETS:
-    raise _not_available(f"data.name={name!r} is not a known dataset; choose one of {DATASETS}")
+  check_name(name)
   if name in ("digits", "spiral", "dsprites"):
     return
   if manual_dir and not os.path.isdir(manual_dir):

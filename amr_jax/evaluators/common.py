@@ -21,10 +21,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from amr_jax import data as data_lib
-from amr_jax.config import ConfigError
+from amr_jax.errors import ConfigError
 from amr_jax import networks as networks_lib
 from amr_jax import parallel
-from amr_jax import train_step
+from amr_jax import model as model_lib
 from amr_jax.train_state import TrainState
 
 # Fields of a config.evals entry that are not the evaluator's options.
@@ -234,7 +234,7 @@ def make_encode(context: Context) -> Callable:
   training, for :func:`encode_all`."""
   nets, config = context.nets, context.config
   return parallel.jit_data_parallel(
-      lambda s, x: train_step.code(nets, config, s.generator["encoder"], x),
+      lambda s, x: model_lib.encode(nets, config, s.generator["encoder"], x),
       context.mesh, batch_args=(1,), num_args=2)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import jax
 
 from amr_jax import data as data_lib
+from amr_jax import model
 from amr_jax import parallel
-from amr_jax import train_step as train_step_lib
 from amr_jax import visualize
 from amr_jax.evaluators import common
 from amr_jax.train_state import TrainState
@@ -31,7 +31,7 @@ class Evaluator(common.Evaluator):
     seed = context.seeds[0]
     # The key is made inside the jitted function: no host-local array enters it (multi-process).
     self._generate = jax.jit(
-        lambda s, x: train_step_lib.generated_images(
+        lambda s, x: model.generated_images(
             config, nets, s, x, jax.random.fold_in(jax.random.key(seed), _PICTURES)),
         out_shardings=parallel.replicated(context.mesh))
     self._images = parallel.replicate(context.mesh,

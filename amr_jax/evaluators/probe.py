@@ -8,6 +8,7 @@ seed, the best validation accuracy so far with the test accuracy and step where 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from amr_jax import model
 from amr_jax import parallel
-from amr_jax import train_step as train_step_lib
 from amr_jax.evaluators import common
 from amr_jax.train_state import TrainState
 
@@ -57,7 +58,7 @@ class Evaluator(common.Evaluator):
 
   def __init__(self, context: common.Context, **options: Any):
     super().__init__(context, **options)
-    logits = train_step_lib.make_probe_logits(context.nets, context.config)
+    logits = functools.partial(model.probe_logits, context.nets, context.config)
     self._count = make_correct_count(
         logits, context.mesh, per_seed=context.per_seed if context.num_seeds > 1 else None)
     n = context.num_seeds

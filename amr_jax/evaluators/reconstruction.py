@@ -5,8 +5,8 @@ this file (the lines between the markers) as the example of an evaluator."""
 import jax.numpy as jnp
 import numpy as np
 
+from amr_jax import model
 from amr_jax import parallel
-from amr_jax import train_step
 from amr_jax.evaluators import common
 
 
@@ -20,9 +20,8 @@ class Evaluator(common.Evaluator):
     nets, config = context.nets, context.config
 
     def error_sum(state, images, weights):  # weights: 0 on the padding of the last batch
-      codes = train_step.code(nets, config, state.generator["encoder"], images)
-      decoded = nets.decoder.apply({"params": state.generator["decoder"]}, codes)
-      error = jnp.abs(train_step.to_image(decoded, config.recon_loss) - images)
+      codes = model.encode(nets, config, state.generator["encoder"], images)
+      error = jnp.abs(model.decode(nets, config, state.generator["decoder"], codes) - images)
       return jnp.sum(error.reshape(len(images), -1).mean(-1) * weights)
 
     # Sharded like training; with several seeds, mapped over the state's seeds axis.

@@ -11,9 +11,9 @@ from typing import Any
 
 import jax
 
+from amr_jax import model
 from amr_jax import parallel
 from amr_jax import spiral
-from amr_jax import train_step as train_step_lib
 from amr_jax.evaluators import common
 from amr_jax.train_state import TrainState
 
@@ -29,10 +29,10 @@ class Evaluator(common.Evaluator):
     self._host_points = context.dataset.train.images[:self.options["num_points"]]
     self._points = parallel.replicate(mesh, self._host_points)
     self._encode = jax.jit(
-        lambda s, x: train_step_lib.code(nets, config, s.generator["encoder"], x),
+        lambda s, x: model.encode(nets, config, s.generator["encoder"], x),
         out_shardings=parallel.replicated(mesh))
-    self._decode = jax.jit(lambda s, h: train_step_lib.to_image(
-        nets.decoder.apply({"params": s.generator["decoder"]}, h), config.recon_loss),
+    self._decode = jax.jit(
+        lambda s, h: model.decode(nets, config, s.generator["decoder"], h),
         out_shardings=parallel.replicated(mesh))
 
   def evaluate(self, state: TrainState, step: int) -> common.Evaluation:

@@ -22,11 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
 from typing import Any
+
+import ml_collections
 
 TABLE1_MNIST_ROWS = ("ae_gan", "mixup", "bern", "mixup_k3", "acai")
 # Seconds kept back at the end: the pre-empted row's checkpoint and the tables.
@@ -82,19 +86,29 @@ def row_config(row: str, args: argparse.Namespace):
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-  """Images/s of the mixup row's calls of K steps (compiled first), seeds side by side."""
-  from amr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  """Images/s of the mixup row as the loop trains it (``train_and_evaluate``, no evaluation),
+  ``--seeds`` seeds side by side, K steps per call: the median of the logged windows' speed
+  after the first (which also loads what the first call compiled)."""
   from amr_jax import train  # pylint: disable=g-import-not-at-top
-  from benchmarks import steps_per_call  # pylint: disable=g-import-not-at-top
   config = row_config("mixup", args)
-  config_lib.validate(config)
-  dataset = train.load_dataset(config)
-  result = steps_per_call.measure(config, dataset, [config.steps_per_call],
-                                  steps=args.measure_steps)
-  by_k = result["by_k"][config.steps_per_call]
-  return {"row": "mixup", "seeds": args.seeds, "steps_per_call": config.steps_per_call,
-          "placement": result["placement"], "images_per_s": by_k["images_per_s"],
-          "compile_s": by_k["compile_s"], "batch_size": config.batch_size}
+  k = config.steps_per_call
+  calls = max(2, round(args.measure_steps / k))
+  config.num_train_steps = (calls + 1) * k
+  config.log_every = k
+  config.eval_every = config.checkpoint_every = config.num_train_steps
+  config.evals = ml_collections.ConfigDict()
+  workdir = os.path.join(args.workdir, "speed")
+  shutil.rmtree(workdir, ignore_errors=True)  # a measurement starts fresh, never resumes
+  t0 = time.perf_counter()
+  train.train_and_evaluate(config, workdir)
+  run_s = time.perf_counter() - t0
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    windows = [json.loads(line)["steps_per_s"] for line in f if "steps_per_s" in line]
+  images_per_step = config.batch_size * config.num_seeds
+  return {"row": "mixup", "seeds": args.seeds, "steps_per_call": k,
+          "placement": config.data.placement, "batch_size": config.batch_size,
+          "images_per_s": statistics.median(windows[1:]) * images_per_step,
+          "run_s": run_s, "windows": len(windows)}
 
 
 def projections(images_per_s: float, seeds: int) -> dict[str, dict[str, float]]:
@@ -180,8 +194,8 @@ def _run(args: argparse.Namespace, start: float, deadline: _Deadline) -> int:
   print(f"hardware: {hardware}", flush=True)
   speed = measure(args)
   print(f"speed: {speed['images_per_s']:.0f} images/s (mixup, {args.seeds} seeds side by side, "
-        f"K={speed['steps_per_call']}, data on the {speed['placement']}; compiled in "
-        f"{speed['compile_s']:.1f} s)", flush=True)
+        f"K={speed['steps_per_call']}, data on the {speed['placement']}; the measuring run "
+        f"took {speed['run_s']:.1f} s)", flush=True)
   projected = projections(speed["images_per_s"], args.seeds)
   for name, p in projected.items():
     print(f"  {name}: {p['rows']} rows x {args.seeds} seeds x {p['steps_per_row']} steps: "

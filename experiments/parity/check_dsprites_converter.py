@@ -138,7 +138,7 @@ def amr_config(variant: str, decoder_logit_scale: float = 2.0):
 def run_jax(out_dir: str) -> None:
   from amr_jax import from_authors  # pylint: disable=g-import-not-at-top
   from amr_jax import torch_checkpoint  # pylint: disable=g-import-not-at-top
-  from amr_jax import train_step  # pylint: disable=g-import-not-at-top
+  from amr_jax import model  # pylint: disable=g-import-not-at-top
   for name, variant in MODELS.items():
     saved = torch_checkpoint.load(os.path.join(out_dir, f"{name}.pt"))
     out = np.load(os.path.join(out_dir, f"{name}_outputs.npz"))
@@ -158,8 +158,8 @@ def run_jax(out_dir: str) -> None:
               for net in from_authors.authors_names(config)
               for i in saved[f"optim_{net}"]["state"] for m in ("exp_avg", "exp_avg_sq"))
       codes = nets.encoder.apply({"params": state.generator["encoder"]}, x)
-      decoded = train_step.to_image(nets.decoder.apply({"params": state.generator["decoder"]},
-                                                       out["codes"][:, :10]), "bce")
+      decoded = model.to_image(nets.decoder.apply({"params": state.generator["decoder"]},
+                                                  out["codes"][:, :10]), "bce")
       line = {"model": name, "decoder_logit_scale": scale, "step": int(state.step),
               "codes": _rel(codes, out["codes"]),
               "decoded": _rel(decoded, out["decoded"].transpose(0, 2, 3, 1)),
