@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import jax
 import ml_collections
 
+from amr_jax import convolution
 from amr_jax import data as data_lib
 from amr_jax import losses
 from amr_jax import mixers
@@ -67,10 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.spectral_backward = "own_call"
 
   config.batch_size = 64  # global batch, split over all devices of all hosts
-  # Training steps per jitted call (lax.scan): on accelerators, one dispatch per K steps instead
-  # of one per step. K > 1 must be a multiple of g_every and divide the logging, evaluation
-  # and checkpoint periods (those act between calls). The same steps either way (tested).
-  config.steps_per_call = 1
+  # Training steps per jitted call (K): one dispatch per K steps instead of one per step. 0 (the
+  # default) chooses K for the backend and the run (stepper.resolve_steps_per_call: 10 on CPU
+  # for runs long enough to pay for compiling it, 100 on accelerators, a multiple of g_every).
+  # An explicit K > 1 must be a multiple of g_every (a call runs whole cycles of G's update).
+  # Calls never cross a logging, evaluation or checkpoint step. The same steps either way
+  # (tested).
+  config.steps_per_call = 0
   # How a call runs its K steps: 'scan' (lax.scan: one compiled step), 'unroll' (K copies of the
   # step in the call: XLA:CPU ran the step ~35x slower inside a while loop), 'auto' (unroll on
   # CPU, else scan).
@@ -115,6 +119,10 @@ def _arch_fields() -> ml_collections.ConfigDict:
   # dsprites64 only: the last layer's output times this is the logit; 2 with recon_loss='bce'
   # is the authors' Tanh decoder (tanh(u) = 2 sigmoid(2 u) - 1) with their parameters.
   arch.decoder_logit_scale = 1.0
+  # acai32: how its convolutions are computed, the same maths on every path (amr_jax/
+  # convolution.py): 'xla', 'chunked_weight_grad' (the kernels' gradients summed over slices of
+  # the batch: faster on XLA:CPU) or 'auto' (chunked on CPU, xla elsewhere).
+  arch.conv_path = "auto"
   return arch
 
 
@@ -307,7 +315,7 @@ def _validate_run(config: ml_collections.ConfigDict) -> None:
     _number(config, field, minimum=1, integer=True)
   _number(config, "num_pictures", minimum=2, integer=True)
   _number(config, "eval_batch_size", minimum=1, integer=True)
-  _number(config, "steps_per_call", minimum=1, integer=True)
+  _number(config, "steps_per_call", minimum=0, integer=True)
   _one_of(config, "steps_per_call_loop", ("auto", "scan", "unroll"))
 
 
@@ -327,6 +335,7 @@ def _validate_arch(config: ml_collections.ConfigDict) -> None:
     if not isinstance(_get(config, field), bool):
       _fail(field, _get(config, field), "True or False")
   _one_of(config, "arch.init", networks.INITS)
+  _one_of(config, "arch.conv_path", convolution.CONV_PATHS)
   _one_of(config, "arch.input_conv_padding", (0, 1))
   _number(config, "arch.spectral_power_iterations", minimum=1, integer=True)
   for name in networks.misplaced_options(
@@ -371,19 +380,19 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_calls(config: ml_collections.ConfigDict) -> None:
-  """Steps per call: whole G cycles, dividing every period."""
+  """Steps per call: 0 (chosen for the backend), 1 or whole G cycles."""
   per_call = config.steps_per_call
-  if per_call > 1:
-    if per_call % config.g_every:
-      _fail("steps_per_call", per_call, f"1 or a multiple of g_every={config.g_every} (a call "
-            "runs whole cycles of G's update)")
-    periods = {f: _get(config, f) for f in ("log_every", "eval_every", "checkpoint_every")}
-    periods.update({f"evals.{name}.every": entry.every for name, entry in config.evals.items()
-                    if entry.get("every", 0)})
-    for field, value in periods.items():
-      if value % per_call:
-        _fail("steps_per_call", per_call, f"a divisor of config.{field}={value} (logging, "
-              "evaluation and checkpoints act between calls)")
+  if per_call > 1 and per_call % config.g_every:
+    _fail("steps_per_call", per_call, f"0 (chosen for the backend), 1 or a multiple of "
+          f"g_every={config.g_every} (a call runs whole cycles of G's update)")
+
+
+def periods(config: ml_collections.ConfigDict) -> list[int]:
+  """The periods of what acts between calls: logging, evaluations and checkpoints (a call never
+  runs across a multiple of one of them)."""
+  out = [config.log_every, config.eval_every, config.checkpoint_every]
+  out += [entry.every for entry in config.evals.values() if entry.get("every", 0)]
+  return sorted(set(out))
 
 
 # Fields that change the shapes of the parameters: a workdir's checkpoints only fit a config that

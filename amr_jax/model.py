@@ -111,7 +111,7 @@ def build_networks(config: ml_collections.ConfigDict, dataset: data_lib.Dataset
       input_conv_padding=config.arch.input_conv_padding,
       spectral_input_conv=config.arch.spectral_input_conv,
       spectral_power_iterations=config.arch.spectral_power_iterations,
-      decoder_logit_scale=config.arch.decoder_logit_scale)
+      decoder_logit_scale=config.arch.decoder_logit_scale, conv_path=config.arch.conv_path)
 
 
 def num_attributes(config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> int:

@@ -29,6 +29,8 @@ from flax.linen import normalization
 import jax
 import jax.numpy as jnp
 
+from amr_jax import convolution
+
 Dtype = Any
 
 __all__ = [
@@ -67,6 +69,12 @@ _NORM_EPS = 1e-5
 def _check_images(x: jax.Array, name: str) -> None:
   if x.ndim != 4:
     raise ValueError(f"{name} expects NHWC images (B, H, W, C); got shape {x.shape}")
+
+
+def _conv(path: str, features: int, kernel_size: tuple[int, int], **kwargs: Any) -> nn.Conv:
+  """Flax's ``Conv``, its convolution computed on ``path`` (:mod:`amr_jax.convolution`)."""
+  return nn.Conv(features, kernel_size, conv_general_dilated=convolution.conv_general_dilated(path),
+                 **kwargs)
 
 
 def _upsample2x(x: jax.Array) -> jax.Array:
@@ -170,14 +178,15 @@ class _ConvBlock32(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   initializer: str = "flax"
+  conv_path: str = "xla"  # resolved (amr_jax.convolution)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     # Instance norm subtracts each channel's mean, which cancels a conv bias exactly: such a bias
     # gets a gradient of pure rounding noise, which Adam would turn into steps of size lr.
-    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=not self.instance_norm,
-                dtype=self.dtype, param_dtype=self.param_dtype,
-                **_conv_init(self.initializer))(x)
+    x = _conv(self.conv_path, self.features, (3, 3), padding="SAME",
+              use_bias=not self.instance_norm, dtype=self.dtype, param_dtype=self.param_dtype,
+              **_conv_init(self.initializer))(x)
     if self.instance_norm:
       scale = {"scale_init": _authors_normal} if self.initializer == "authors" else {}
       x = nn.InstanceNorm(epsilon=_NORM_EPS, use_scale=True, use_bias=True, dtype=self.dtype,
@@ -201,22 +210,24 @@ class Encoder32(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   initializer: str = "flax"
+  conv_path: str = "xla"  # resolved (amr_jax.convolution)
   input_padding: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_images(x, "Encoder32")
     block = lambda f: _ConvBlock32(f, self.instance_norm, self.leaky_slope, self.dtype,
-                                   self.param_dtype, self.initializer)
-    x = nn.Conv(self.width, (1, 1), padding=self.input_padding, dtype=self.dtype,
-                param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
+                                   self.param_dtype, self.initializer,
+                                   conv_path=self.conv_path)
+    x = _conv(self.conv_path, self.width, (1, 1), padding=self.input_padding, dtype=self.dtype,
+              param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
     for s in range(self.scales):
       x = block(self.width * 2**s)(x)
       x = block(self.width * 2**s)(x)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = block(self.width * 2**self.scales)(x)
-    return nn.Conv(self.latent_channels, (3, 3), padding="SAME", dtype=self.dtype,
-                   param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
+    return _conv(self.conv_path, self.latent_channels, (3, 3), padding="SAME", dtype=self.dtype,
+                 param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
 
 
 class Decoder32(nn.Module):
@@ -229,20 +240,22 @@ class Decoder32(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   initializer: str = "flax"
+  conv_path: str = "xla"  # resolved (amr_jax.convolution)
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
     _check_images(h, "Decoder32")
     block = lambda f: _ConvBlock32(f, self.instance_norm, self.leaky_slope, self.dtype,
-                                   self.param_dtype, self.initializer)
+                                   self.param_dtype, self.initializer,
+                                   conv_path=self.conv_path)
     x = h
     for s in reversed(range(self.scales)):
       x = block(self.width * 2**s)(x)
       x = block(self.width * 2**s)(x)
       x = _upsample2x(x)
     x = block(self.width)(x)
-    return nn.Conv(self.image_channels, (3, 3), padding="SAME", dtype=self.dtype,
-                   param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
+    return _conv(self.conv_path, self.image_channels, (3, 3), padding="SAME", dtype=self.dtype,
+                 param_dtype=self.param_dtype, **_conv_init(self.initializer))(x)
 
 
 class Discriminator32(nn.Module):
@@ -261,6 +274,7 @@ class Discriminator32(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   initializer: str = "flax"
+  conv_path: str = "xla"  # resolved (amr_jax.convolution)
   input_padding: int = 0
   spectral_input: bool = True
   power_iterations: int = 1
@@ -285,8 +299,8 @@ class Discriminator32(nn.Module):
                  "bias_init": _torch_default_bias(size * size * h.shape[-1])}
       else:
         inits = _conv_init(self.initializer)
-      layer = nn.Conv(features, (size, size), padding=padding, dtype=self.dtype,
-                      param_dtype=self.param_dtype, **inits)
+      layer = _conv(self.conv_path, features, (size, size), padding=padding, dtype=self.dtype,
+                    param_dtype=self.param_dtype, **inits)
       if not spectral:
         return layer(h)
       return _spectral(layer, self.param_dtype, self.power_iterations)(
@@ -481,7 +495,7 @@ def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
           leaky_slope: float = 0.01, dtype: Dtype | None = None, variational: bool = False,
           num_attributes: int = 0, init: str = "flax", input_conv_padding: int = 0,
           spectral_input_conv: bool = True, spectral_power_iterations: int = 1,
-          decoder_logit_scale: float = 1.0) -> Networks:
+          decoder_logit_scale: float = 1.0, conv_path: str = "xla") -> Networks:
   """The networks of a named architecture.
 
   ``acai32`` uses ``width``, ``latent_channels``, ``instance_norm`` and ``leaky_slope``
@@ -499,6 +513,8 @@ def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
   (their False) and ``spectral_power_iterations`` per D forward (theirs: one per forward, 5 per
   AMR iteration).
   ``decoder_logit_scale`` (dsprites64 only): see Decoder64 (the authors' Tanh decoder: 2).
+  ``conv_path`` (acai32's convolutions; :mod:`amr_jax.convolution`): how they are computed, the
+  same maths on every path; 'auto' is resolved for the backend here.
   """
   _check_arch(arch)
   misplaced = misplaced_options(arch, init=init, input_conv_padding=input_conv_padding,
@@ -511,21 +527,23 @@ def build(arch: str, *, image_channels: int, num_classes: int, width: int = 16,
   if init not in INITS:
     raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
   factor = 2 if variational else 1
+  conv_path = convolution.resolve(conv_path)
   if arch == "acai32":
     nets = Networks(
         encoder=Encoder32(width=width, latent_channels=factor * latent_channels,
                           instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype,
-                          initializer=init, input_padding=input_conv_padding),
+                          initializer=init, input_padding=input_conv_padding,
+                          conv_path=conv_path),
         decoder=Decoder32(width=width, image_channels=image_channels,
                           instance_norm=instance_norm, leaky_slope=leaky_slope, dtype=dtype,
-                          initializer=init),
+                          initializer=init, conv_path=conv_path),
         # The critic has no norm, as in the authors' code.
         discriminator=Discriminator32(width=width, latent_channels=latent_channels,
                                       leaky_slope=leaky_slope, dtype=dtype, initializer=init,
                                       input_padding=input_conv_padding,
                                       spectral_input=spectral_input_conv,
                                       power_iterations=spectral_power_iterations,
-                                      num_attributes=num_attributes),
+                                      num_attributes=num_attributes, conv_path=conv_path),
         probe=Probe(num_classes, dtype=dtype, initializer=init),
     )
   elif arch == "mlp2d":

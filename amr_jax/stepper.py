@@ -10,14 +10,16 @@ in one call end equal to K single steps, and device-gathered batches equal host-
 A call of K steps covers whole ``g_every`` cycles (K is a multiple of g_every): the scan's body is
 one cycle, G's step followed by a scan over the g_every - 1 steps without G's update, so no
 ``lax.cond`` runs (slow on XLA:CPU; see ``train_step.make_train_step``). On XLA:CPU the steps are
-unrolled instead (``config.steps_per_call_loop``; see :func:`resolve_loop`). Steps not aligned to
-K (a run resumed from another K's checkpoint, or a last partial call) run one per call.
+unrolled instead (``config.steps_per_call_loop``; see :func:`resolve_loop`). A call starts at
+one of G's steps and never runs across a logging, evaluation or checkpoint step; steps where a
+whole call does not fit run one per call (:func:`plan_calls`). ``steps_per_call = 0`` lets
+:func:`resolve_steps_per_call` choose K for the backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from amr_jax import config as config_lib
 from amr_jax import data as data_lib
 from amr_jax import networks as networks_lib
 from amr_jax import parallel
@@ -76,12 +79,51 @@ def make_seeded_step(config: ml_collections.ConfigDict, nets: networks_lib.Netwo
   return seeded_step
 
 
-def plan_calls(start: int, stop: int, per_call: int) -> list[tuple[int, int]]:
-  """The calls that run steps ``start .. stop - 1``, as (first step, number of steps): whole
-  calls of ``per_call`` steps where aligned, single steps elsewhere."""
+# Steps per call chosen when config.steps_per_call = 0. XLA:CPU unrolls a call (resolve_loop),
+# so compiling it costs ~K times one step's compile (~30 s more at K = 10, mnist_dim32): K = 10
+# ran the loop's calls ~1.45x faster than K = 1 there (benchmarks/results/steps_per_call_cpu.md)
+# and pays for its compile only over runs of MIN_STEPS_PER_UNROLLED_STEP x K steps or more.
+# Accelerators scan a call (one compiled step whatever K): K = 100 keeps dispatch off the
+# critical path while a log line still ends every call.
+CPU_STEPS_PER_CALL = 10
+ACCELERATOR_STEPS_PER_CALL = 100
+MIN_STEPS_PER_UNROLLED_STEP = 100
+
+
+def resolve_steps_per_call(config: ml_collections.ConfigDict, *, backend: str | None = None,
+                           seed_copies: int = 1) -> int:
+  """``config.steps_per_call``, or for 0 the K this backend runs best: CPU_STEPS_PER_CALL steps
+  of one seed per call on CPU (``seed_copies`` seeds unrolled side by side share it) when the
+  run is long enough to pay for compiling them, else ACCELERATOR_STEPS_PER_CALL; rounded to
+  whole G cycles and to at most the shortest of :func:`config.periods`. What is computed does
+  not depend on K."""
+  if config.steps_per_call:
+    return config.steps_per_call
+  backend = backend or jax.default_backend()
+  g_every = config.g_every
+  if backend == "cpu":
+    target = CPU_STEPS_PER_CALL // seed_copies
+  else:
+    target = ACCELERATOR_STEPS_PER_CALL
+  target = min(target, min(config_lib.periods(config)))
+  k = target // g_every * g_every
+  if k <= 1:
+    return 1
+  if backend == "cpu" and config.num_train_steps < MIN_STEPS_PER_UNROLLED_STEP * k:
+    return 1
+  return k
+
+
+def plan_calls(start: int, stop: int, per_call: int, *, g_every: int = 1,
+               periods: Sequence[int] = ()) -> list[tuple[int, int]]:
+  """The calls that run steps ``start .. stop - 1``, as (first step, number of steps): calls of
+  ``per_call`` steps from G's steps (multiples of ``g_every``) where one ends before the next
+  multiple of any of ``periods`` (logging, evaluations, checkpoints act between calls), single
+  steps elsewhere."""
   calls, step = [], start
   while step < stop:
-    n = per_call if step % per_call == 0 and step + per_call <= stop else 1
+    end = min([stop] + [(step // p + 1) * p for p in periods])
+    n = per_call if step % g_every == 0 and step + per_call <= end else 1
     calls.append((step, n))
     step += n
   return calls
@@ -179,11 +221,13 @@ class Stepper:
 
   def __init__(self, config: ml_collections.ConfigDict, train: data_lib.Split,
                seeded_step: SeededStep, mesh: jax.sharding.Mesh, seeds: seeds_lib.Seeds, *,
-               placement: str, loop: str):
+               placement: str, loop: str, steps_per_call: int):
     """``seeded_step(state, batch, update_generator)`` (seeds side by side already inside it);
-    ``placement`` 'host' or 'device' and ``loop`` 'scan' or 'unroll', both resolved."""
+    ``placement`` 'host' or 'device', ``loop`` 'scan' or 'unroll' and ``steps_per_call`` (K),
+    all resolved."""
     self._seeded_step, self._mesh, self._loop = seeded_step, mesh, loop
-    self._g_every, self._per_call = config.g_every, config.steps_per_call
+    self._g_every, self._per_call = config.g_every, steps_per_call
+    self._periods = config_lib.periods(config)
     fields = ["image", "label"] + (["attributes"] if config.supervised.enabled else [])
     batch_sharding = parallel.batch_sharded(mesh, seeds_axis=seeds.multi)
     num_examples = len(train.labels)
@@ -205,7 +249,7 @@ class Stepper:
     return self._feed.device_data
 
   def plan(self, start: int, stop: int) -> list[tuple[int, int]]:
-    return plan_calls(start, stop, self._per_call)
+    return plan_calls(start, stop, self._per_call, g_every=self._g_every, periods=self._periods)
 
   def inputs(self, step: int, n: int) -> Any:
     """The inputs of the call of steps ``step .. step + n - 1`` (batches, or their indices)."""
@@ -274,7 +318,7 @@ class Stepper:
 def make_stepper(config: ml_collections.ConfigDict, train: data_lib.Split,
                  nets: networks_lib.Networks, optimizers: train_state_lib.Optimizers,
                  mesh: jax.sharding.Mesh, seeds: seeds_lib.Seeds, *, placement: str,
-                 loop: str) -> Stepper:
+                 loop: str, steps_per_call: int) -> Stepper:
   """The :class:`Stepper` of ``config``'s train step (:func:`make_seeded_step`)."""
   return Stepper(config, train, make_seeded_step(config, nets, optimizers, seeds), mesh, seeds,
-                 placement=placement, loop=loop)
+                 placement=placement, loop=loop, steps_per_call=steps_per_call)

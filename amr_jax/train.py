@@ -90,6 +90,7 @@ class Run:
   seeds: seeds_lib.Seeds  # the seed list and its batching ('vmap' or 'unroll')
   placement: str  # of the training split: 'host' or 'device'
   loop: str  # of a call's steps: 'scan' or 'unroll'
+  steps_per_call: int  # K: config.steps_per_call, or the backend's choice for 0
   init_state: Callable[[], train_state_lib.TrainState]
   # The state's shapes and shardings (a trace, nothing compiled or run): enough to restore a
   # checkpoint into (a resumed run never builds the initial state) and to compile the step.
@@ -98,11 +99,11 @@ class Run:
   checkpointer: checkpointing.Checkpointer
 
   def make_stepper(self) -> stepper_lib.Stepper:
-    """The jitted step, in calls of ``config.steps_per_call`` steps (places the data if
-    ``placement`` is 'device')."""
+    """The jitted step, in calls of ``steps_per_call`` steps (places the data if ``placement``
+    is 'device')."""
     return stepper_lib.make_stepper(self.config, self.dataset.train, self.nets, self.optimizers,
                                     self.mesh, self.seeds, placement=self.placement,
-                                    loop=self.loop)
+                                    loop=self.loop, steps_per_call=self.steps_per_call)
 
   def restore_latest(self) -> tuple[int, train_state_lib.TrainState] | None:
     """(step, state) of the newest readable checkpoint, with what the evaluators keep across a
@@ -132,7 +133,10 @@ def set_up(config: ml_collections.ConfigDict, workdir: str,
   return Run(
       config=config, dataset=dataset, nets=nets, mesh=mesh, optimizers=optimizers, seeds=seeds,
       placement=stepper_lib.resolve_placement(config.data.placement, dataset.train),
-      loop=stepper_lib.resolve_loop(config.steps_per_call_loop), init_state=init_state,
+      loop=stepper_lib.resolve_loop(config.steps_per_call_loop),
+      steps_per_call=stepper_lib.resolve_steps_per_call(
+          config, seed_copies=len(seeds.seeds) if seeds.batching == "unroll" else 1),
+      init_state=init_state,
       state_spec=parallel.with_sharding(jax.eval_shape(init_state), parallel.replicated(mesh)),
       evals=evaluators.build(make_evaluator_context(config, dataset, nets, mesh, seeds)),
       checkpointer=checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")))
@@ -245,8 +249,12 @@ def _start(run: Run, stepper: stepper_lib.Stepper, workdir: str,
   state, built (a fresh run only) while the first call compiles."""
   restored = run.restore_latest()
   step = 0 if restored is None else restored[0]
-  if restored is not None and jax.process_index() == 0:
-    print(f"resuming from the checkpoint at step {step} in {workdir}", flush=True)
+  if jax.process_index() == 0:
+    if restored is not None:
+      print(f"resuming from the checkpoint at step {step} in {workdir}", flush=True)
+    chosen = " (config.steps_per_call=0: chosen for the backend)" * (
+        not run.config.steps_per_call)
+    print(f"{run.steps_per_call} training step(s) per jitted call{chosen}", flush=True)
   plan = stepper.plan(step, run.config.num_train_steps)
   on_event("ready", step)
 

@@ -51,6 +51,7 @@ def make_config(name: str, *, tiny: bool, light_eval: bool):
     from experiments.configs import paper_rows  # pylint: disable=g-import-not-at-top
     config = paper_rows.row_config(spec["table"], spec["row"])
   if tiny:
+    config.log_every = 20  # the default path's windows (benchmarks/loop.py): a smoke test
     config.batch_size = 8
     config.arch.width = 2
     config.eval_batch_size = 50

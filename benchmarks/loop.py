@@ -7,22 +7,25 @@ from __future__ import annotations
 import collections
 import json
 import os
+import statistics
 import tempfile
 import time
 from typing import Any
 
 
-def timed_hooks(stop_after_first_log: bool = False):
+def timed_hooks(stop_after_first_log: bool = False, stop_after_logs: int = 0):
   """``(hooks, events)``: hooks that note ``events[event] = [(step, perf_counter), ...]`` and wait
   for each checkpoint's write (it would otherwise slow the steps measured next; its whole cost
-  is then counted in the checkpoint's time, amortised over checkpoint_every). With
-  ``stop_after_first_log`` the first metrics line ends the run with ``StopAfterFirstLog``."""
+  is then counted in the checkpoint's time, amortised over checkpoint_every). The run ends with
+  ``StopAfterFirstLog`` at the first metrics line (``stop_after_first_log``) or the
+  ``stop_after_logs``-th."""
+  stop_after_logs = 1 if stop_after_first_log else stop_after_logs
   from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   events: dict[str, list[tuple[int, float]]] = collections.defaultdict(list)
 
   def on_event(event: str, step: int) -> None:
     events[event].append((step, time.perf_counter()))
-    if stop_after_first_log and event == "logged":
+    if stop_after_logs and event == "logged" and len(events["logged"]) >= stop_after_logs:
       raise StopAfterFirstLog()
 
   return train_lib.Hooks(on_event=on_event, wait_for_saves=True), events
@@ -72,3 +75,30 @@ def run_loop(config, dataset, *, log_every: int, half: int, batch_size: int) -> 
       "checkpoint_s": saved_at[half] - at[half],
       "checkpoint_and_close_s": t_return - at[2 * half],
   }
+
+
+def time_default_path(config, dataset, *, windows: int = 2) -> dict[str, Any]:
+  """Images/s of ``python -m amr_jax.main --config=...`` as a user runs it: ``config`` untouched
+  (every default, its steps per call included), on ``dataset``, stopped once ``windows`` + 1
+  metrics lines are written. The speed is the median of the loop's own ``steps_per_s`` over the
+  lines after the first (the first window holds the warm-up), as the user reads it in
+  metrics.jsonl.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from amr_jax import stepper as stepper_lib  # pylint: disable=g-import-not-at-top
+  from amr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  hooks, events = timed_hooks(stop_after_logs=windows + 1)
+  with tempfile.TemporaryDirectory(prefix="amr_bench_default_") as workdir:
+    try:
+      train_lib.train_and_evaluate(config, workdir, dataset=dataset, hooks=hooks)
+    except StopAfterFirstLog:
+      pass
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f]
+  rates = [r["steps_per_s"] * config.batch_size * config.num_seeds for r in records[1:]]
+  return {"images_per_s": statistics.median(rates), "window_images_per_s": rates,
+          "window_steps": config.log_every, "backend": jax.default_backend(),
+          # what set_up resolved for this config (one seed: no unrolled copies)
+          "steps_per_call": stepper_lib.resolve_steps_per_call(config),
+          "compiled_s": events["compiled"][0][1] - events["ready"][0][1]}

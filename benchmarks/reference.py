@@ -1,19 +1,22 @@
-"""amr_jax's train step against the authors' PyTorch training iteration, timed in turns.
+"""amr_jax's default CLI path against the authors' PyTorch training iteration, timed in turns.
 
   python -m benchmarks.reference --reference=../shared/reference \
-      --reference_python=/tmp/torch-ref/bin/python [--rounds=3] [--steps=40] \
+      --reference_python=/tmp/torch-ref/bin/python [--rounds=3] [--steps=40] [--windows=2] \
       [--settings=mnist_dim32:5,mnist_dim32:1,svhn_dim256:5,svhn_dim256:1] \
       [--out=benchmarks/results/reference.json]
 
 A setting is a benchmark config (benchmarks/common.py's CONFIGS; the authors' script knows
 mnist_dim32 and svhn_dim256) and G's period (g_every). Each round times every setting twice: the
 authors' `TwoGAN.train_on_instance` (`torch_step_speed.py ARCH G_EVERY STEPS` in its own Python
-with torch; batch 64, random inputs, after a warm-up), then amr_jax's loop step (the jitted
-step of `amr_jax.train`, with its default XLA flags, see `amr_jax.xla_flags`: 3 windows of
-`steps` steps after a warm-up, the median window), each in a fresh process that exits before the
-next one starts, so the two never compete for the cores. Per setting, the medians over rounds
-and their ratio `speedup_vs_reference` are reported (JSON + a Markdown table beside it).
-`benchmarks.run --reference=...` runs the same comparison for its configs.
+with torch; batch 64, random inputs, after a warm-up), then amr_jax's default CLI path: the
+config a user's `python -m amr_jax.main --config=...` runs (every default: XLA flags
+`amr_jax.xla_flags`, steps per call chosen for the backend, batches from the host), with only
+`g_every` set, trained by `amr_jax.train.train_and_evaluate` on an in-memory dataset of the
+real one's shapes and stopped after `windows` + 1 metrics lines; its speed is the median of the
+loop's own `steps_per_s` over the lines after the first. Each side runs in a fresh process
+that exits before the next one starts, so the two never compete for the cores. Per setting, the
+medians over rounds and their ratio `speedup_vs_reference` are reported (JSON + a Markdown
+table beside it). `benchmarks.run --reference=...` runs the same comparison for its configs.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any, Sequence
 
 from benchmarks import common
 from benchmarks import report as report_lib
-from benchmarks import step as step_lib
+from benchmarks import loop as loop_lib
 
 ROOT = common.ROOT
 DEFAULT_SETTINGS = ("mnist_dim32:5", "mnist_dim32:1", "svhn_dim256:5", "svhn_dim256:1")
@@ -60,14 +63,14 @@ def time_reference(reference_dir: str, python: str, name: str, g_every: int, ste
   return json.loads(lines[-1])
 
 
-def time_ours(name: str, g_every: int, steps: int, cache_dir: str,
+def time_ours(name: str, g_every: int, windows: int, cache_dir: str,
               timeout: float | None = None, tiny: bool = False) -> dict[str, Any]:
-  """amr_jax's loop step in a fresh process (see ``_ours_child``)."""
+  """amr_jax's default CLI path in a fresh process (see ``_ours_child``)."""
   with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
     out = f.name
   try:
     cmd = [sys.executable, "-m", "benchmarks.reference", f"--_ours={name}:{g_every}",
-           f"--steps={steps}", f"--_cache_dir={cache_dir}", f"--_result={out}"]
+           f"--windows={windows}", f"--_cache_dir={cache_dir}", f"--_result={out}"]
     cmd += ["--tiny"] * tiny
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -81,26 +84,23 @@ def time_ours(name: str, g_every: int, steps: int, cache_dir: str,
     os.unlink(out)
 
 
-def _ours_child(name: str, g_every: int, steps: int, cache_dir: str, out: str,
+def _ours_child(name: str, g_every: int, windows: int, cache_dir: str, out: str,
                 tiny: bool) -> None:
   from amr_jax import xla_flags  # pylint: disable=g-import-not-at-top
   xla_flags.apply_defaults()  # as amr_jax.main does
   common.use_compilation_cache(cache_dir)
   config = common.make_config(name, tiny=tiny, light_eval=True)
-  config.g_every = g_every
+  config.g_every = g_every  # the setting's one override (--config.g_every=1); the rest default
   dataset = common.make_dataset(name, config, tiny=tiny)
-  step_bench = step_lib.StepBench(config, dataset)
-  step_bench.new_state()
-  step_bench.compile()
-  windows = step_bench.time_windows(3, common.round_to(steps, g_every))
-  rates = [w["images_per_s"] for w in windows]
+  result = loop_lib.time_default_path(config, dataset, windows=windows)
+  result["hardware"] = common.hardware()
   with open(out, "w") as f:
-    json.dump({"images_per_s": statistics.median(rates), "window_images_per_s": rates,
-               "hardware": common.hardware()}, f)
+    json.dump(result, f)
 
 
 def compare(settings: Sequence[tuple[str, int]], reference_dir: str, python: str, *,
-            rounds: int = 3, steps: int = 40, timeout: float | None = None,
+            rounds: int = 3, steps: int = 40, windows: int = 2,
+            timeout: float | None = None,
             cache_dir: str = "", tiny: bool = False, log=print) -> dict[str, Any]:
   """Interleaved rounds over ``settings``: {'NAME:G': {medians, ratio, every round}}.
   ``tiny``: amr_jax at the benchmark's tiny settings (a smoke test of this code only)."""
@@ -112,10 +112,12 @@ def compare(settings: Sequence[tuple[str, int]], reference_dir: str, python: str
       for name, g_every in settings:
         key = f"{name}:{g_every}"
         theirs = time_reference(reference_dir, python, name, g_every, steps, timeout)
-        ours = time_ours(name, g_every, steps, cache_dir, timeout, tiny)
+        ours = time_ours(name, g_every, windows, cache_dir, timeout, tiny)
         hardware = ours.pop("hardware")
         results[key]["reference"].append(theirs["images_per_s"])
         results[key]["ours"].append(ours["images_per_s"])
+        results[key]["steps_per_call"] = ours["steps_per_call"]
+        results[key]["window_steps"] = ours["window_steps"]
         results[key]["torch"], results[key]["torch_threads"] = theirs["torch"], theirs["threads"]
         log(f"round {r + 1}/{rounds} {key}: authors {theirs['images_per_s']:.1f} img/s, "
             f"amr_jax {ours['images_per_s']:.1f} img/s")
@@ -123,7 +125,8 @@ def compare(settings: Sequence[tuple[str, int]], reference_dir: str, python: str
     result["reference_images_per_s"] = statistics.median(result["reference"])
     result["images_per_s"] = statistics.median(result["ours"])
     result["speedup_vs_reference"] = result["images_per_s"] / result["reference_images_per_s"]
-  return {"settings": results, "hardware": hardware, "rounds": rounds, "steps": steps}
+  return {"settings": results, "hardware": hardware, "rounds": rounds, "steps": steps,
+          "windows": windows}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -132,17 +135,20 @@ def markdown(report: dict[str, Any]) -> str:
            "",
            f"Hardware: {hw.get('device_count')} x {hw.get('device_kind')}, "
            f"{hw.get('cpu_count')} CPUs, {hw.get('cpu_model')}; jax {hw.get('jax_version')}, "
-           f"XLA_FLAGS `{hw.get('xla_flags', '')}`; {report['rounds']} interleaved rounds of "
-           f"{report['steps']} steps, medians.",
+           f"XLA_FLAGS `{hw.get('xla_flags', '')}`; {report['rounds']} interleaved rounds "
+           f"(the authors': {report['steps']} steps; amr_jax: {report.get('windows')} log "
+           "windows of the default CLI path), medians.",
            "", f"Command: `{report['command']}`", "",
-           "| setting | authors' PyTorch | amr_jax | speedup | rounds (authors / amr_jax) |",
-           "|---|---|---|---|---|"]
+           "| setting | authors' PyTorch | amr_jax (default CLI path) | speedup | amr_jax steps "
+           "per call | rounds (authors / amr_jax) |",
+           "|---|---|---|---|---|---|"]
   for key, r in report["settings"].items():
     name, g_every = key.split(":")
     rounds = (", ".join(f"{v:.0f}" for v in r["reference"]) + " / "
               + ", ".join(f"{v:.0f}" for v in r["ours"]))
     lines.append(f"| {name}, G every {g_every} | {r['reference_images_per_s']:.0f} | "
-                 f"{r['images_per_s']:.0f} | {r['speedup_vs_reference']:.2f}x | {rounds} |")
+                 f"{r['images_per_s']:.0f} | {r['speedup_vs_reference']:.2f}x | "
+                 f"{r.get('steps_per_call', '-')} | {rounds} |")
   return "\n".join(lines) + "\n"
 
 
@@ -155,7 +161,10 @@ def parse_args(argv=None):
   parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                       help="comma-separated CONFIG:G_EVERY")
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--steps", type=int, default=40, help="timed steps per window")
+  parser.add_argument("--steps", type=int, default=40,
+                      help="timed steps of the authors' iteration per round")
+  parser.add_argument("--windows", type=int, default=2,
+                      help="amr_jax's timed log windows (log_every steps each) per round")
   parser.add_argument("--timeout", type=float, default=0, help="seconds per child process")
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                     "reference.json"))
@@ -171,7 +180,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   if args._ours:  # pylint: disable=protected-access
     name, _, g_every = args._ours.partition(":")  # pylint: disable=protected-access
-    _ours_child(name, int(g_every), args.steps, args.cache_dir, args.result, args.tiny)
+    _ours_child(name, int(g_every), args.windows, args.cache_dir, args.result, args.tiny)
     sys.stdout.flush()
     os._exit(0)  # pylint: disable=protected-access  # skip interpreter teardown of JAX
   try:
@@ -183,7 +192,8 @@ def main(argv=None) -> int:
             "command": " ".join(["python -m benchmarks.reference"]
                                 + (list(argv) if argv is not None else sys.argv[1:]))}
   report.update(compare(settings, args.reference, args.reference_python, rounds=args.rounds,
-                        steps=args.steps, timeout=args.timeout or None, tiny=args.tiny))
+                        steps=args.steps, windows=args.windows, timeout=args.timeout or None,
+                        tiny=args.tiny))
   summary = markdown(report)
   report_lib.write_report(report, args.out, summary)
   print(summary)

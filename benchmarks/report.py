@@ -72,13 +72,19 @@ def markdown(report: dict[str, Any]) -> str:
   if per_call:
     ks = sorted({int(k) for v in per_call.values() for k in [*v["by_k"], *v.get("skipped", {})]})
     lines += ["", "Steps per jitted call (`config.steps_per_call` = K; the loop's own calls, "
-              "training split on the device where it is in memory), img/s:", "",
-              "| config | placement | " + " | ".join(f"K={k}" for k in ks) + " |",
-              "|---|---|" + "---|" * len(ks)]
+              "training split on the device where it is in memory), img/s; beside them the "
+              "default CLI path (`python -m amr_jax.main` with every default: K chosen for the "
+              "backend and the run, batches from the host on CPU; the loop's own steps_per_s "
+              "over its log windows):", "",
+              "| config | placement | " + " | ".join(f"K={k}" for k in ks)
+              + " | default CLI path (its K) |", "|---|---|" + "---|" * (len(ks) + 1)]
     for name, v in per_call.items():
       by_k = {int(k): r for k, r in v["by_k"].items()}
+      default = v.get("default")
       lines.append(f"| {name} | {v['placement']} | " + " | ".join(
-          _fmt(by_k[k]["images_per_s"]) if k in by_k else "-" for k in ks) + " |")
+          _fmt(by_k[k]["images_per_s"]) if k in by_k else "-" for k in ks) + " | "
+          + (f"{_fmt(default['images_per_s'])} (K={default['steps_per_call']})" if default
+             else "-") + " |")
     skipped = {k: why for v in per_call.values() for k, why in v.get("skipped", {}).items()}
     if skipped:
       lines += ["", f"K = {', '.join(map(str, sorted(skipped, key=int)))}: "
@@ -86,12 +92,15 @@ def markdown(report: dict[str, Any]) -> str:
   compared = {k: v for r in ok.values() for k, v in r.get("vs_reference", {}).items()}
   if compared:
     lines += ["", "Against the authors' PyTorch training iteration (benchmarks/reference.py; "
-              "interleaved rounds, medians, bare steps):", "",
-              "| setting | authors' img/s | amr_jax img/s | speedup |", "|---|---|---|---|"]
+              "interleaved rounds, medians; amr_jax as `python -m amr_jax.main` runs the config "
+              "by default, only g_every set):", "",
+              "| setting | authors' img/s | amr_jax img/s | speedup | amr_jax steps per call |",
+              "|---|---|---|---|---|"]
     for key, v in compared.items():
       name, g_every = key.split(":")
       lines.append(f"| {name}, G every {g_every} | {_fmt(v['reference_images_per_s'])} | "
-                   f"{_fmt(v['images_per_s'])} | {v['speedup_vs_reference']:.2f}x |")
+                   f"{_fmt(v['images_per_s'])} | {v['speedup_vs_reference']:.2f}x | "
+                   f"{v.get('steps_per_call', '-')} |")
   return "\n".join(lines) + "\n"
 
 

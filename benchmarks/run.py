@@ -117,6 +117,8 @@ def measure(name: str, args) -> dict[str, Any]:
         config, dataset, [k for k in ks if k <= steps_per_call_lib.max_k()], steps=window)
     result["steps_per_call"]["skipped"] = {
         k: steps_per_call_lib.SKIPPED for k in ks if k > steps_per_call_lib.max_k()}
+    # What a user gets from the config as it is (every default, its own num_train_steps).
+    result["steps_per_call"]["default"] = loop_lib.time_default_path(config, dataset)
     phase("steps_per_call")
 
   rates = [w["images_per_s"] for w in windows]
@@ -217,6 +219,7 @@ def add_reference(report: dict[str, Any], names: list[str], args) -> None:
     return
   result = reference.compare(settings, args.reference, args.reference_python,
                              rounds=args.reference_rounds, steps=max(args.steps // 10, 4),
+                             windows=args.reference_windows,
                              timeout=args.timeout or None, cache_dir=args.cache_dir,
                              tiny=args.tiny)
   for name in known:
@@ -262,6 +265,8 @@ def parse_args(argv=None):
   parser.add_argument("--reference_python", default="python",
                       help="a Python with torch for the authors' code")
   parser.add_argument("--reference_rounds", type=int, default=3)
+  parser.add_argument("--reference_windows", type=int, default=2,
+                      help="amr_jax's timed log windows per round (benchmarks/reference.py)")
   parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
   parser.add_argument("--_name", default="", help=argparse.SUPPRESS)
   parser.add_argument("--_cache_dir", dest="child_cache_dir", default="", help=argparse.SUPPRESS)

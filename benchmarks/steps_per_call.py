@@ -40,7 +40,7 @@ def measure(config, dataset, ks: Sequence[int], steps: int) -> dict[str, Any]:
     config_k = run.config.copy_and_resolve_references()
     config_k.steps_per_call = k
     stepper = stepper_lib.Stepper(config_k, dataset.train, seeded_step, run.mesh, run.seeds,
-                                  placement=placement, loop=run.loop)
+                                  placement=placement, loop=run.loop, steps_per_call=k)
     calls = max(1, round(steps / k))
     plan = stepper.plan(0, (calls + 1) * k)
     state = run.init_state()

@@ -56,6 +56,10 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
   by_k = row["steps_per_call"]["by_k"]
   assert sorted(by_k, key=int) == ["1", "5"] and all(v["images_per_s"] > 0 for v in by_k.values())
   assert row["steps_per_call"]["placement"] == "device"
+  # Beside them the default CLI path: K chosen for CPU (the config's 78,125 steps: 10).
+  default = row["steps_per_call"]["default"]
+  assert default["steps_per_call"] == 10 and default["images_per_s"] > 0
+  assert row["vs_reference"]["mnist_dim32:1"]["steps_per_call"] == 10
   assert "| mnist_dim32 | device |" in summary
   # The children ran with amr_jax's default XLA flags (amr_jax.xla_flags).
   assert "ynn_fusion_type" in report["hardware"]["xla_flags"]
@@ -65,3 +69,27 @@ def test_markdown_marks_a_failed_config():
   report = {"created": "now", "command": "python -m benchmarks.run", "tiny": True,
             "hardware": {}, "configs": {"dsprites": {"error": "boom"}}}
   assert "| dsprites | error" in report_lib.markdown(report)
+
+
+def test_conv_paths_compares_approaches_in_fresh_processes(tmp_path):
+  """benchmarks/conv_paths.py on its tiny setting: every approach timed, the report written."""
+  out = tmp_path / "conv.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.conv_paths", "--tiny", "--rounds=1", "--steps=2",
+       "--approaches=xla+joint,chunked_weight_grad+apart,nchw+apart+ynn", f"--out={out}"],
+      cwd=ROOT, env=children.env(), capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  rows = report["approaches"]
+  assert list(rows) == ["xla+joint", "chunked_weight_grad+apart", "nchw+apart+ynn"]
+  assert all(r["images_per_s"] > 0 for r in rows.values())
+  assert rows["xla+joint"]["vs_first"] == 1.0 and not rows["xla+joint"]["real_apart"]
+  assert rows["chunked_weight_grad+apart"]["real_apart"]
+  assert "individual_convolution" in rows["xla+joint"]["xla_flags"]  # amr_jax's default flag
+  assert "individual_convolution" not in rows["nchw+apart+ynn"]["xla_flags"]
+  assert "| chunked_weight_grad+apart | chunked_weight_grad | x apart |" in (
+      tmp_path / "conv.md").read_text()
+  bad = subprocess.run([sys.executable, "-m", "benchmarks.conv_paths", "--approaches=fft+apart"],
+                       cwd=ROOT, env=children.env(), capture_output=True, text=True, timeout=120,
+                       check=False)
+  assert bad.returncode == 2 and "bad approach 'fft+apart'" in bad.stderr

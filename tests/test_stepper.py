@@ -60,11 +60,54 @@ def test_a_run_resumed_with_another_k_continues_the_same_steps(tmp_path):
   tolerances.assert_close(resumed, straight)
 
 
-def test_plan_runs_whole_calls_where_aligned_and_single_steps_elsewhere():
-  plan = lambda start, stop: stepper.plan_calls(start, stop, per_call=4)
-  assert plan(3, 14) == [(3, 1), (4, 4), (8, 4), (12, 1), (13, 1)]
+@pytest.mark.equivalence
+def test_calls_stop_at_periods_that_k_does_not_divide(tmp_path):
+  """K = 4 (g_every 2) with logging every 3, checkpoints every 5, evaluations every 6: the calls
+  stop at each of them (a line at 3, 5, 6 and the end, a checkpoint at 5 and the end) and the
+  steps are the plain loop's."""
+  periods = dict(log_every=3, checkpoint_every=5, eval_every=6)
+  plain, plain_log = run(tmp_path, "plain", steps=7, steps_per_call=1, **periods)
+  state, log = run(tmp_path, "k4", steps=7, steps_per_call=4, **periods)
+  tolerances.assert_close(state, plain)
+  assert sorted(log) == sorted(plain_log) == [3, 5, 6, 7]
+  saved = sorted(int(p.name) for p in (tmp_path / "k4" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert saved[-2:] == [5, 7]
+
+
+def test_plan_runs_whole_calls_from_g_steps_and_single_steps_elsewhere():
+  plan = lambda start, stop, **kw: stepper.plan_calls(start, stop, per_call=4, **kw)
+  assert plan(3, 14) == [(3, 4), (7, 4), (11, 1), (12, 1), (13, 1)]
+  assert plan(3, 14, g_every=2) == [(3, 1), (4, 4), (8, 4), (12, 1), (13, 1)]
   assert plan(0, 8) == [(0, 4), (4, 4)]
   assert plan(8, 8) == []
+
+
+def test_plan_never_runs_a_call_across_a_period():
+  plan = stepper.plan_calls(0, 30, per_call=4, g_every=2, periods=(10, 15))
+  assert plan == [(0, 4), (4, 4), (8, 1), (9, 1), (10, 4), (14, 1), (15, 1), (16, 4), (20, 4),
+                  (24, 4), (28, 1), (29, 1)]
+  ends = {first + n for first, n in plan}
+  assert {10, 15, 20, 30} <= ends  # every multiple of a period ends a call
+
+
+def test_steps_per_call_zero_is_chosen_for_the_backend():
+  config = tiny.get_config()
+  config.update(g_every=5, log_every=100, eval_every=1562, checkpoint_every=2000,
+                num_train_steps=100_000, steps_per_call=0)
+  resolve = lambda **kw: stepper.resolve_steps_per_call(config, **kw)
+  assert resolve(backend="cpu") == stepper.CPU_STEPS_PER_CALL == 10
+  assert resolve(backend="gpu") == stepper.ACCELERATOR_STEPS_PER_CALL == 100
+  assert resolve(backend="cpu", seed_copies=2) == 5  # 2 seeds unrolled: 5 steps each
+  config.g_every = 3
+  assert resolve(backend="cpu") == 9  # whole G cycles
+  config.g_every, config.log_every = 1, 4
+  assert resolve(backend="gpu") == 4  # at most the shortest period
+  config.num_train_steps = 999  # too short to pay for compiling 10 unrolled steps
+  config.log_every = 100
+  assert resolve(backend="cpu") == 1 and resolve(backend="gpu") == 100
+  config.steps_per_call = 2
+  assert resolve(backend="cpu") == 2  # an explicit K is kept
 
 
 def test_device_batches_are_the_host_batches():
@@ -76,7 +119,8 @@ def test_device_batches_are_the_host_batches():
   for placement in ("host", "device"):
     steps = stepper.Stepper(config, dataset.train, lambda s, b, flag: (s, b), mesh,
                             seeds_lib.Seeds.of(config), placement=placement,
-                            loop=stepper.resolve_loop(config.steps_per_call_loop))
+                            loop=stepper.resolve_loop(config.steps_per_call_loop),
+                            steps_per_call=2)
     _, batches = steps.run({}, 6, 2, steps.inputs(6, 2))  # the "step" returns its batch
     gathered.append(parallel.to_host(batches).per_step())
   for step, (host, device) in enumerate(zip(*gathered), start=6):
@@ -90,14 +134,9 @@ def test_device_batches_are_the_host_batches():
 
 def test_steps_per_call_and_placement_are_validated_in_one_line(config_error):
   error = config_error
-  assert "config.steps_per_call=3 is not allowed; allowed: 1 or a multiple of g_every=2" in \
-      error(lambda c: setattr(c, "steps_per_call", 3))
-  assert "a divisor of config.log_every=2" in error(lambda c: setattr(c, "steps_per_call", 4))
-  assert "a divisor of config.evals.probe.every=6" in error(
-      lambda c: (setattr(c, "steps_per_call", 4), c.update(log_every=4, eval_every=4,
-                                                            checkpoint_every=4),
-                 setattr(c.evals.probe, "every", 6)))
-  assert "config.steps_per_call=0" in error(lambda c: setattr(c, "steps_per_call", 0))
+  assert ("config.steps_per_call=3 is not allowed; allowed: 0 (chosen for the backend), 1 or a "
+          "multiple of g_every=2") in error(lambda c: setattr(c, "steps_per_call", 3))
+  assert "config.steps_per_call=-1" in error(lambda c: setattr(c, "steps_per_call", -1))
   assert "config.steps_per_call_loop='while'" in error(
       lambda c: setattr(c, "steps_per_call_loop", "while"))
   assert "config.data.placement='gpu'" in error(lambda c: setattr(c.data, "placement", "gpu"))

@@ -360,3 +360,34 @@ def test_given_draws_of_the_wrong_shape_fail_naming_the_field():
     step(state, batch, jax.random.key(0), None)
   with pytest.raises(TypeError, match="update_generator must be a Python bool"):
     step(state, batch, jax.random.key(0), jnp.asarray(True))
+
+
+# ---- one D forward serving G's terms and D's loss on G's steps
+
+
+def _g_step_parts(config, key):
+  """(shared, separate): G's update and D's loss, gradient and new spectral state on a G step,
+  through the step's shared D forward and through G's and D's own forwards."""
+  nets, state, _, batch = setup(config)
+  setting, optimizers = setting_of(config, nets), train_state_lib.make_optimizers(config.optim)
+  draws = draws_of(config, nets, state, batch, key)
+  (generator, _, g_loss, _), d_step = train_step_lib._shared_update(  # pylint: disable=protected-access
+      setting, optimizers, state, batch, draws)
+  generator2, _, g_loss2, aux2 = train_step_lib._generator_update(  # pylint: disable=protected-access
+      setting, optimizers, state, batch, draws)
+  d_step2 = train_step_lib._discriminator_gradients(  # pylint: disable=protected-access
+      setting, state, batch, aux2)
+  part = lambda g, loss, d: {"generator": g, "g_loss": loss, "d_loss": d.loss,
+                             "d_grads": d.grads, "spectral": d.spectral}
+  return part(generator, g_loss, d_step), part(generator2, g_loss2, d_step2)
+
+
+def test_shared_d_forward_equals_g_and_d_forwards_of_their_own():
+  """x's rows of D's forward run apart from the fakes' (G's backward skips them): G's update,
+  D's loss, gradient and spectral state equal those of G's forward and D's own forward."""
+  config = tolerances.kink_free(tiny_config(g_every=1))
+  config_lib.validate(config, check_data=False)
+  shared, separate = _g_step_parts(config, jax.random.key(5))
+  tolerances.assert_close(shared, separate)
+  other, _ = _g_step_parts(config, jax.random.key(6))  # negative control: other draws
+  tolerances.assert_differs(other, separate)
