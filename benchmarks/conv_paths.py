@@ -106,6 +106,47 @@ def time_step(name: str, g_every: int, approach: str, steps: int, cache_dir: str
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "hardware": common.hardware()}
 
 
+# The kernel gradients of the mnist_dim32 step's costliest convolutions (results/
+# profile_mnist_dim32.md): (batch, size, channels in, channels out), 3x3, SAME.
+KERNEL_SHAPES = ((192, 32, 32, 16, 16), (64, 32, 32, 16, 16), (192, 16, 16, 32, 32),
+                 (192, 8, 8, 64, 64))
+
+
+def time_kernel_grads(paths: list[str], repeats: int = 7) -> dict[str, Any]:
+  """In this process (amr_jax's default XLA flags): ms of one kernel gradient (the VJP of a 3x3
+  convolution with respect to its kernel) at each of KERNEL_SHAPES on each conv path, the
+  median of ``repeats``, and its relative L2 distance to XLA's."""
+  from amr_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.apply_defaults()
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from amr_jax import convolution  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  out: dict[str, Any] = {}
+  for n, size, c_in, c_out in ((s[0], s[1], s[3], s[4]) for s in KERNEL_SHAPES):
+    x = jax.numpy.asarray(rng.standard_normal((n, size, size, c_in), np.float32))
+    g = jax.numpy.asarray(rng.standard_normal((n, size, size, c_out), np.float32))
+    w = jax.numpy.zeros((3, 3, c_in, c_out))
+    row, want = {}, None
+    for path in paths:
+      conv = convolution.conv_general_dilated(path) or jax.lax.conv_general_dilated
+      grad = jax.jit(lambda x_, g_, conv=conv: jax.vjp(
+          lambda w_: conv(x_, w_, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+          w)[1](g_)[0])
+      got = grad(x, g).block_until_ready()
+      want = got if want is None else want
+      times = []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        grad(x, g).block_until_ready()
+        times.append(time.perf_counter() - t0)
+      row[path] = {"ms": 1e3 * statistics.median(times),
+                   "rel_l2_vs_first": float(np.linalg.norm(got - want) / np.linalg.norm(want))}
+    out[f"{n}x{size}x{size}x{c_in}->{c_out}"] = row
+  return out
+
+
 def _child(name: str, g_every: int, approach: str, steps: int, cache_dir: str,
            timeout: float | None, tiny: bool) -> dict[str, Any]:
   with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
@@ -137,6 +178,9 @@ def compare(name: str, g_every: int, approaches: list[str], *, rounds: int, step
         results[approach]["rounds"].append(result["images_per_s"])
         results[approach].update({k: v for k, v in result.items() if k != "images_per_s"})
         log(f"round {r + 1}/{rounds} {approach}: {result['images_per_s']:.1f} img/s")
+  if not rounds:
+    return {"setting": f"{name}:{g_every}", "approaches": {}, "hardware": hardware,
+            "rounds": 0, "steps": steps}
   base = statistics.median(results[approaches[0]]["rounds"])
   for result in results.values():
     result["images_per_s"] = statistics.median(result["rounds"])
@@ -147,7 +191,7 @@ def compare(name: str, g_every: int, approaches: list[str], *, rounds: int, step
 
 def markdown(report: dict[str, Any]) -> str:
   hw = report.get("hardware") or {}
-  first = next(iter(report["approaches"]))
+  first = next(iter(report["approaches"]), "-")
   lines = [f"# The train step on each convolution path ({report['created']})", "",
            f"Setting {report['setting']} (config:g_every); {hw.get('cpu_count')} CPUs, "
            f"{hw.get('cpu_model')}; jax {hw.get('jax_version')}; {report['rounds']} interleaved "
@@ -159,6 +203,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(f"| {approach} | {r['conv_path']} | {'x apart' if r['real_apart'] else 'joint'}"
                  f" | {r['xla_cpu_path']} | {r['images_per_s']:.0f} | {r['vs_first']:.2f}x | "
                  + ", ".join(f"{v:.0f}" for v in r["rounds"]) + " |")
+  kernels = report.get("kernel_grads")
+  if kernels:
+    paths = list(next(iter(kernels.values())))
+    lines += ["", "The kernel gradient alone (a 3x3 convolution's VJP with respect to its kernel, "
+              "SAME, float32), ms, median of 7; in brackets its relative L2 distance to "
+              f"{paths[0]}'s:", "", "| shape (N x H x W x C_in -> C_out) | "
+              + " | ".join(paths) + " |", "|---|" + "---|" * len(paths)]
+    for shape, row in kernels.items():
+      lines.append(f"| {shape} | " + " | ".join(
+          f"{row[p]['ms']:.1f} ({row[p]['rel_l2_vs_first']:.0e})" for p in paths) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -171,6 +225,9 @@ def parse_args(argv=None):
   parser.add_argument("--timeout", type=float, default=0, help="seconds per child process")
   parser.add_argument("--out", default=os.path.join(common.ROOT, "benchmarks", "results",
                                                     "conv_paths_cpu.json"))
+  parser.add_argument("--kernels", action="store_true",
+                      help="also time the kernel gradient alone at the step's costliest shapes "
+                           "on each conv path (in a process of its own, after the rounds)")
   parser.add_argument("--tiny", action="store_true",
                       help="batch 8, width 2: a smoke test of this script")
   parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
@@ -186,6 +243,13 @@ def main(argv=None) -> int:
     print(f"bad --setting {args.setting!r}: CONFIG:G_EVERY, CONFIG a 32x32 config of "
           f"{', '.join(common.CONFIGS)}", file=sys.stderr)
     return 2
+  if args._child == "kernels":  # pylint: disable=protected-access
+    from amr_jax import convolution  # pylint: disable=g-import-not-at-top
+    result = time_kernel_grads([p for p in convolution.CONV_PATHS if p != "auto"])
+    with open(args.result, "w") as f:
+      json.dump(result, f)
+    sys.stdout.flush()
+    os._exit(0)  # pylint: disable=protected-access
   if args._child:  # pylint: disable=protected-access
     result = time_step(name, int(g_every), args._child,  # pylint: disable=protected-access
                        args.steps, args.cache_dir, args.tiny)
@@ -206,6 +270,9 @@ def main(argv=None) -> int:
   report.update(compare(name, int(g_every), approaches, rounds=args.rounds, steps=args.steps,
                         timeout=args.timeout or None, tiny=args.tiny))
   report["tiny"] = args.tiny
+  if args.kernels:
+    report["kernel_grads"] = _child(name, int(g_every), "kernels", 0, "", args.timeout or None,
+                                    args.tiny)
   summary = markdown(report)
   report_lib.write_report(report, args.out, summary)
   print(summary)
