@@ -60,6 +60,22 @@ def chunked_weight_grad(lhs: jax.Array, rhs: jax.Array, window_strides: Any, pad
   def conv(x: jax.Array, w: jax.Array) -> jax.Array:
     return lax.conv_general_dilated(x, w, window_strides, padding, **kwargs)
 
+  def kernel_grad(x: jax.Array, w: jax.Array, g: jax.Array) -> jax.Array:
+    dw = None
+    for start in range(0, x.shape[0], chunk):
+      (part,) = jax.vjp(lambda w_, s=start: conv(x[s:s + chunk], w_), w)[1](g[start:start + chunk])
+      dw = part if dw is None else dw + part
+    return dw
+
+  return _with_kernel_grad(conv, kernel_grad)(lhs, rhs)
+
+
+def _with_kernel_grad(conv: Callable[[jax.Array, jax.Array], jax.Array],
+                      kernel_grad: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+                      ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``conv(x, w)`` with XLA's forward and input gradient, and the kernel's gradient computed by
+  ``kernel_grad(x, w, output_grad)`` (a ``jax.custom_vjp``)."""
+
   @jax.custom_vjp
   def f(x, w):
     return conv(x, w)
@@ -70,14 +86,10 @@ def chunked_weight_grad(lhs: jax.Array, rhs: jax.Array, window_strides: Any, pad
   def backward(residuals, g):
     x, w = residuals
     (dx,) = jax.vjp(lambda x_: conv(x_, w), x)[1](g)
-    dw = None
-    for start in range(0, x.shape[0], chunk):
-      (part,) = jax.vjp(lambda w_, s=start: conv(x[s:s + chunk], w_), w)[1](g[start:start + chunk])
-      dw = part if dw is None else dw + part
-    return dx, dw
+    return dx, kernel_grad(x, w, g)
 
   f.defvjp(forward, backward)
-  return f(lhs, rhs)
+  return f
 
 
 def batch_slices(lhs: jax.Array, rhs: jax.Array, window_strides: Any, padding: Any,
@@ -113,23 +125,14 @@ def patches_weight_grad(lhs: jax.Array, rhs: jax.Array, window_strides: Any, pad
 
   kh, kw, c_in, c_out = rhs.shape
 
-  @jax.custom_vjp
-  def f(x, w):
-    return conv(x, w)
-
-  def forward(x, w):
-    return conv(x, w), (x, w)
-
-  def backward(residuals, g):
-    x, w = residuals
-    (dx,) = jax.vjp(lambda x_: conv(x_, w), x)[1](g)
+  def kernel_grad(x: jax.Array, w: jax.Array, g: jax.Array) -> jax.Array:
+    del w
     patches = lax.conv_general_dilated_patches(  # channel-major: k = c * kh * kw + i * kw + j
         x, (kh, kw), window_strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     dw = jnp.einsum("nhwk,nhwo->ko", patches, g).reshape(c_in, kh, kw, c_out)
-    return dx, dw.transpose(1, 2, 0, 3)
+    return dw.transpose(1, 2, 0, 3)
 
-  f.defvjp(forward, backward)
-  return f(lhs, rhs)
+  return _with_kernel_grad(conv, kernel_grad)(lhs, rhs)
 
 
 _FUNCTIONS: dict[str, ConvFn] = {
